@@ -1,1 +1,9 @@
-//! placeholder
+//! berthd, Berth's host agent: serves the Docker Engine API on one owner-only Unix socket,
+//! pulls through the registry client on the host, and drives `berth-core` (in the VM, or as a
+//! child process on the direct backend) over `berth-proto`.
+
+pub mod core_client;
+pub mod daemon;
+pub mod docker;
+pub mod names;
+pub mod pull;

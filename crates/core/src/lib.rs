@@ -1,1 +1,11 @@
-//! placeholder
+//! berth-core: Berth's runtime core. In production it runs inside the VM; on a Linux host the
+//! `direct` backend runs the same binary as a child of berthd. It owns the content store, the
+//! snapshots, image metadata and (later) containers, and answers `berth-proto` requests.
+
+pub mod content;
+pub mod digest;
+pub mod snapshot;
+pub mod unpack;
+pub mod meta;
+pub mod images;
+pub mod server;

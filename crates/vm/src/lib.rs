@@ -1,1 +1,72 @@
-//! placeholder
+//! berth-vm: where the core runs and how the host reaches it.
+//!
+//! [`VmBackend`] is the one seam between berthd and the platform: start and stop the machine
+//! that runs `berth-core`, and `dial` a port on it to get a byte stream. Every backend carries the
+//! same protocol (`berth-proto`) over what `dial` returns, so berthd has one code path.
+//!
+//! Backends today: [`direct::DirectBackend`] (Linux host, no VM: the `berth-core` binary runs as
+//! a child process and listens on a Unix socket). QEMU, Virtualization.framework and Hyper-V come
+//! with the VM issue.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub mod direct;
+
+/// A bidirectional byte stream to the guest.
+pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> GuestStream for T {}
+
+pub type BoxStream = Box<dyn GuestStream>;
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    Stopped,
+    Starting,
+    Running,
+    /// The machine (or core process) died; the text says how.
+    Failed(String),
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmState::Stopped => f.write_str("stopped"),
+            VmState::Starting => f.write_str("starting"),
+            VmState::Running => f.write_str("running"),
+            VmState::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// the backend could not start
+    #[error("cannot start the {backend} backend: {message}")]
+    Start { backend: &'static str, message: String },
+    /// the backend is not running
+    #[error("the {backend} backend is not running ({state})")]
+    NotRunning { backend: &'static str, state: VmState },
+    /// dialing the guest failed
+    #[error("cannot reach port {port} in the guest: {source}")]
+    Dial { port: u32, source: std::io::Error },
+    /// other i/o
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// A machine that runs `berth-core`.
+pub trait VmBackend: Send + Sync {
+    /// Short name shown in `/info` and `berth status` ("direct", "qemu", "vz", "hyperv").
+    fn name(&self) -> &'static str;
+    /// Starts the machine and returns once `dial` can reach the core's port.
+    fn start(&self) -> BoxFuture<'_, Result<(), VmError>>;
+    /// Stops the machine; containers are the caller's business before this.
+    fn stop(&self) -> BoxFuture<'_, Result<(), VmError>>;
+    fn state(&self) -> VmState;
+    /// Opens a new stream to `port` in the guest.
+    fn dial(&self, port: u32) -> BoxFuture<'_, Result<BoxStream, VmError>>;
+}

@@ -1,0 +1,152 @@
+//! berthd's end of `berth-proto`: one control connection multiplexing concurrent requests, and a
+//! fresh connection per blob upload, all dialled through the [`VmBackend`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use berth_proto::{
+    client_handshake, read_frame, write_frame, BlobWrite, BlobWriteResult, BlobWritten, Channel,
+    Error, ErrorCode, Hello, Request, RequestFrame, Response, ResponseFrame, CORE_PORT,
+};
+use berth_vm::VmBackend;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::{oneshot, Mutex};
+
+pub const SOFTWARE: &str = concat!("berthd ", env!("CARGO_PKG_VERSION"));
+
+type Pending = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>>;
+
+struct Control {
+    writer: Mutex<WriteHalf<berth_vm::BoxStream>>,
+    pending: Pending,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub struct CoreClient {
+    backend: Arc<dyn VmBackend>,
+    control: Mutex<Option<Arc<Control>>>,
+    next_id: AtomicU64,
+}
+
+fn unavailable(msg: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::InvalidState, format!("the Berth core is not reachable: {msg}"))
+}
+
+impl CoreClient {
+    pub fn new(backend: Arc<dyn VmBackend>) -> CoreClient {
+        CoreClient { backend, control: Mutex::new(None), next_id: AtomicU64::new(1) }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn VmBackend> {
+        &self.backend
+    }
+
+    async fn control(&self) -> Result<Arc<Control>, Error> {
+        let mut slot = self.control.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.alive.load(Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+        }
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Control))
+            .await
+            .map_err(unavailable)?;
+        let (mut rd, wr) = tokio::io::split(stream);
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let control =
+            Arc::new(Control { writer: Mutex::new(wr), pending: pending.clone(), alive: alive.clone() });
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<_, ResponseFrame>(&mut rd).await {
+                    Ok(f) => {
+                        if let Some(tx) = pending.lock().expect("pending").remove(&f.id) {
+                            let _ = tx.send(f.result);
+                        }
+                    }
+                    Err(e) => {
+                        alive.store(false, Ordering::SeqCst);
+                        for (_, tx) in pending.lock().expect("pending").drain() {
+                            let _ = tx.send(Err(unavailable(format!("control connection lost: {e}"))));
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        *slot = Some(control.clone());
+        Ok(control)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(&self, request: Request) -> Result<Response, Error> {
+        let control = self.control().await?;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        control.pending.lock().expect("pending").insert(id, tx);
+        {
+            let mut w = control.writer.lock().await;
+            if let Err(e) = write_frame(&mut *w, &RequestFrame { id, request }).await {
+                control.alive.store(false, Ordering::SeqCst);
+                control.pending.lock().expect("pending").remove(&id);
+                return Err(unavailable(e));
+            }
+        }
+        rx.await.map_err(|_| unavailable("control connection closed"))?
+    }
+
+    /// Streams one blob to the core on its own connection. `on_bytes` sees the running total.
+    pub async fn write_blob<S, E>(
+        &self,
+        blob: BlobWrite,
+        mut body: S,
+        mut on_bytes: impl FnMut(u64),
+    ) -> Result<BlobWritten, BlobUploadError<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let size = blob.size;
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(|e| BlobUploadError::Core(unavailable(e)))?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::BlobWrite(blob)))
+            .await
+            .map_err(|e| BlobUploadError::Core(unavailable(e)))?;
+        let mut sent = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(BlobUploadError::Source)?;
+            if sent + chunk.len() as u64 > size {
+                return Err(BlobUploadError::Core(Error::new(
+                    ErrorCode::DataLoss,
+                    format!("the registry sent more than the {size} bytes the manifest declares"),
+                )));
+            }
+            if stream.write_all(&chunk).await.is_err() {
+                // The core stopped reading: its answer says why.
+                break;
+            }
+            sent += chunk.len() as u64;
+            on_bytes(sent);
+        }
+        if sent < size {
+            // Closing early makes the core see a short blob, which it refuses and discards.
+            let _ = stream.shutdown().await;
+        }
+        let answer: BlobWriteResult = read_frame(&mut stream)
+            .await
+            .map_err(|e| BlobUploadError::Core(unavailable(format!("no answer for the blob: {e}"))))?;
+        answer.result.map_err(BlobUploadError::Core)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobUploadError<E> {
+    /// the source of the bytes failed
+    #[error("{0}")]
+    Source(E),
+    /// the core refused or failed
+    #[error("{0}")]
+    Core(Error),
+}

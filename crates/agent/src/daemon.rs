@@ -1,0 +1,146 @@
+//! berthd's state and its one socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use berth_registry::{Client, CredentialStore, Credentials, Platform, Reference, RegistryConfig};
+use berth_vm::VmBackend;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+
+use crate::core_client::CoreClient;
+use crate::docker::{self, ApiError};
+
+pub struct Daemon {
+    /// A random id for `/info`, new each start.
+    pub id: String,
+    pub core: Arc<CoreClient>,
+    /// The platform images are pulled for: the VM's (the host's on the direct backend).
+    pub platform: Platform,
+    registry: RwLock<(RegistryConfig, Client)>,
+}
+
+/// No stored credentials yet (the keyring comes with the settings issue): pulls use what the
+/// docker CLI sends in `X-Registry-Auth`.
+struct NoCredentials;
+
+impl CredentialStore for NoCredentials {
+    fn get(&self, _registry: &str) -> Option<Credentials> {
+        None
+    }
+}
+
+/// Credentials the docker CLI sent with one request, for one registry.
+struct RequestCredentials {
+    host: String,
+    creds: Credentials,
+}
+
+impl CredentialStore for RequestCredentials {
+    fn get(&self, registry: &str) -> Option<Credentials> {
+        (registry == self.host).then(|| self.creds.clone())
+    }
+}
+
+impl Daemon {
+    pub fn new(backend: Arc<dyn VmBackend>, registry_config: RegistryConfig) -> anyhow::Result<Daemon> {
+        let client = Client::new(registry_config.clone(), Arc::new(NoCredentials))
+            .map_err(|e| anyhow::anyhow!("registry client: {e}"))?;
+        Ok(Daemon {
+            id: format!("{:032x}", rand::random::<u128>()),
+            core: Arc::new(CoreClient::new(backend)),
+            platform: Platform::host_linux(),
+            registry: RwLock::new((registry_config, client)),
+        })
+    }
+
+    pub fn registry(&self) -> Client {
+        self.registry.read().expect("registry lock").1.clone()
+    }
+
+    pub fn registry_settings(&self) -> RegistryConfig {
+        self.registry.read().expect("registry lock").0.clone()
+    }
+
+    /// The client for one pull: the shared one (its token cache is reused), or one carrying the
+    /// credentials the CLI sent for this pull's registry.
+    pub fn registry_for_pull(
+        &self,
+        reference: &Reference,
+        creds: Option<Credentials>,
+    ) -> Result<Client, ApiError> {
+        let Some(creds) = creds else { return Ok(self.registry()) };
+        let store = RequestCredentials { host: reference.registry.clone(), creds };
+        Client::new(self.registry_settings(), Arc::new(store)).map_err(|e| {
+            ApiError::new(hyper::StatusCode::INTERNAL_SERVER_ERROR, format!("registry client: {e}"))
+        })
+    }
+}
+
+/// Binds the socket owner-only (0600), whatever the umask says.
+pub fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: is another berthd running?", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the Docker API (and later the admin API) until `shutdown` resolves.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let daemon = daemon.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| docker::handle(daemon.clone(), req));
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await
+                    {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+}
+
+/// Where berthd keeps things when not told otherwise.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("berth/berthd.sock"),
+        None => home().join(".berth/run/berthd.sock"),
+    }
+}
+
+pub fn default_data_root() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) => PathBuf::from(d).join("berth"),
+        None => home().join(".local/share/berth"),
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}

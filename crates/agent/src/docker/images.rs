@@ -1,0 +1,461 @@
+//! Image routes: pull (`POST /images/create`), list, inspect, history, tag, remove, `system df`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_proto::{ImageInfo, Request, Response};
+use berth_registry::{Platform, Reference, RegistryError};
+use bytes::Bytes;
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::{json, json_stream, ApiError, ApiResult, Query};
+use crate::daemon::Daemon;
+use crate::names::{familiar, selector};
+use crate::pull::{self, Progress, PullError};
+
+fn parse_ref(s: &str) -> Result<Reference, ApiError> {
+    Reference::parse(s).map_err(|e| ApiError::bad_request(format!("invalid reference format: {e}")))
+}
+
+fn registry_error(reference: &Reference, e: &RegistryError) -> ApiError {
+    let name = familiar(&reference.name());
+    if e.is_auth() {
+        return ApiError::not_found(format!(
+            "pull access denied for {name}, repository does not exist or may require 'docker login': {e}"
+        ));
+    }
+    if e.is_not_found() {
+        return ApiError::not_found(format!("manifest for {} not found: {e}", familiar(&reference.to_string())));
+    }
+    if let RegistryError::NoMatchingPlatform { .. } = e {
+        return ApiError::not_found(e.to_string());
+    }
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn parse_platform(s: &str) -> Result<Platform, ApiError> {
+    let parts: Vec<&str> = s.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
+        [os, arch, variant] => Ok(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: Some(variant.to_string()),
+        }),
+        _ => Err(ApiError::bad_request(format!("invalid platform {s:?}: want os/arch[/variant]"))),
+    }
+}
+
+fn progress_line(p: &Progress) -> Bytes {
+    let mut v = Map::new();
+    v.insert("status".into(), Value::String(p.status.clone()));
+    if let Some((cur, total)) = p.current {
+        v.insert("progressDetail".into(), json!({ "current": cur, "total": total }));
+        v.insert("progress".into(), Value::String(progress_bar(cur, total)));
+    } else if p.id.is_some() {
+        v.insert("progressDetail".into(), json!({}));
+    }
+    if let Some(id) = &p.id {
+        v.insert("id".into(), Value::String(id.clone()));
+    }
+    let mut b = serde_json::to_vec(&Value::Object(v)).expect("serialisable");
+    b.extend_from_slice(b"\r\n");
+    Bytes::from(b)
+}
+
+fn error_line(message: &str) -> Bytes {
+    let mut b = serde_json::to_vec(&json!({ "errorDetail": { "message": message }, "error": message }))
+        .expect("serialisable");
+    b.extend_from_slice(b"\r\n");
+    Bytes::from(b)
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n}B") } else { format!("{v:.3}{}", units[u]) }
+}
+
+fn progress_bar(cur: u64, total: u64) -> String {
+    let width = 50u64;
+    let filled = if total == 0 { width } else { (cur.min(total) * width / total).min(width) };
+    let mut bar = "=".repeat(filled as usize);
+    if filled < width {
+        bar.push('>');
+        bar.push_str(&" ".repeat((width - filled - 1) as usize));
+    }
+    format!("[{bar}] {:>8}/{}", human(cur), human(total))
+}
+
+/// `POST /images/create?fromImage=…&tag=…`: a pull. Resolution errors are HTTP errors; after
+/// that, progress streams and a failure is the stream's last line, as with dockerd.
+pub async fn create(daemon: Arc<Daemon>, q: &Query, auth: Option<&str>) -> ApiResult {
+    if q.get("fromSrc").is_some() {
+        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "docker import is not supported yet"));
+    }
+    let from = q.get("fromImage").filter(|s| !s.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("fromImage is required")
+    })?;
+    let tag = q.get("tag").unwrap_or("");
+    let text = if tag.is_empty() {
+        from.to_string()
+    } else if tag.contains(':') {
+        format!("{from}@{tag}")
+    } else {
+        format!("{from}:{tag}")
+    };
+    let reference = parse_ref(&text)?;
+    let platform = match q.get("platform").filter(|s| !s.is_empty()) {
+        Some(p) => parse_platform(p)?,
+        None => daemon.platform.clone(),
+    };
+    let creds = auth.and_then(super::system::decode_registry_auth);
+    let registry = daemon.registry_for_pull(&reference, creds)?;
+    let resolved = pull::resolve(&registry, &reference, &platform).await.map_err(|e| match e {
+        PullError::Registry(e) => registry_error(&reference, &e),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+
+    let (line_tx, line_rx) = mpsc::channel::<Bytes>(64);
+    let (ptx, mut prx) = mpsc::channel::<Progress>(256);
+    let core = daemon.core.clone();
+    let pull_task = tokio::spawn(pull::fetch(core, registry, resolved, ptx));
+    tokio::spawn(async move {
+        while let Some(p) = prx.recv().await {
+            if line_tx.send(progress_line(&p)).await.is_err() {
+                // The client went away; the pull goes on so the store ends consistent.
+                break;
+            }
+        }
+        let result = pull_task.await;
+        let msg = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("pull failed: {e}"),
+        };
+        tracing::warn!("pull of {reference} failed: {msg}");
+        let _ = line_tx.send(error_line(&msg)).await;
+    });
+    Ok(json_stream(line_rx))
+}
+
+async fn list_infos(daemon: &Daemon) -> Result<Vec<ImageInfo>, ApiError> {
+    match daemon.core.call(Request::ImageList).await? {
+        Response::Images { images } => Ok(images),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(r: Response) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer from the core: {r:?}"))
+}
+
+fn config_of(info: &ImageInfo) -> Value {
+    serde_json::from_str(&info.config).unwrap_or(Value::Null)
+}
+
+fn created_unix(config: &Value) -> i64 {
+    config
+        .get("created")
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp())
+        .unwrap_or(0)
+}
+
+fn summary(info: &ImageInfo, shared: Option<u64>, containers: i64) -> Value {
+    let config = config_of(info);
+    json!({
+        "Containers": containers,
+        "Created": created_unix(&config),
+        "Id": info.id,
+        "Labels": config.pointer("/config/Labels").cloned().unwrap_or(Value::Null),
+        "ParentId": "",
+        "RepoDigests": info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
+        "RepoTags": info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
+        "SharedSize": shared.map(|s| s as i64).unwrap_or(-1),
+        "Size": info.size,
+        "VirtualSize": info.size,
+    })
+}
+
+/// Docker's reference filter: a glob over the familiar name with and without the tag.
+fn reference_matches(pattern: &str, refs: &[String]) -> bool {
+    refs.iter().any(|r| {
+        let f = familiar(r);
+        let name = f.split_once('@').map(|(n, _)| n.to_string()).unwrap_or_else(|| {
+            match f.rfind(':') {
+                Some(i) if !f[i..].contains('/') => f[..i].to_string(),
+                _ => f.clone(),
+            }
+        });
+        glob(pattern, &f) || glob(pattern, &name)
+    })
+}
+
+/// path.Match-style glob: `*` and `?` do not cross '/'.
+fn glob(pattern: &str, s: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some(b'*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| go(&p[1..], &s[i..])),
+            Some(b'?') => !s.is_empty() && s[0] != b'/' && go(&p[1..], &s[1..]),
+            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+        }
+    }
+    go(pattern.as_bytes(), s.as_bytes())
+}
+
+pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    for k in filters.keys() {
+        if !["reference", "dangling", "label", "before", "since"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+        }
+    }
+    let infos = list_infos(daemon).await?;
+    let mut out = Vec::new();
+    for info in &infos {
+        let dangling = info.repo_tags.is_empty();
+        if let Some(d) = filters.get("dangling") {
+            let want = d.iter().any(|v| v == "true" || v == "1");
+            if want != dangling {
+                continue;
+            }
+        }
+        if let Some(pats) = filters.get("reference") {
+            let mut refs = info.repo_tags.clone();
+            refs.extend(info.repo_digests.iter().cloned());
+            if !pats.iter().any(|p| reference_matches(p, &refs)) {
+                continue;
+            }
+        }
+        if let Some(labels) = filters.get("label") {
+            let cfg = config_of(info);
+            let have = cfg.pointer("/config/Labels").and_then(Value::as_object).cloned().unwrap_or_default();
+            let ok = labels.iter().all(|l| match l.split_once('=') {
+                Some((k, v)) => have.get(k).and_then(Value::as_str) == Some(v),
+                None => have.contains_key(l),
+            });
+            if !ok {
+                continue;
+            }
+        }
+        out.push(summary(info, None, -1));
+    }
+    out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn find(daemon: &Daemon, name: &str) -> Result<ImageInfo, ApiError> {
+    let sel = selector(name).map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    match daemon.core.call(Request::ImageInspect { selector: sel }).await {
+        Ok(Response::Image(i)) => Ok(*i),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) if e.code == berth_proto::ErrorCode::NotFound => {
+            Err(ApiError::not_found(format!("No such image: {name}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The container config as dockerd prints it: every field present, zero values included.
+fn container_config(config: &Value) -> Value {
+    let c = config.get("config").cloned().unwrap_or(Value::Null);
+    let get = |k: &str, default: Value| c.get(k).cloned().unwrap_or(default);
+    let mut m = Map::new();
+    m.insert("Hostname".into(), get("Hostname", json!("")));
+    m.insert("Domainname".into(), get("Domainname", json!("")));
+    m.insert("User".into(), get("User", json!("")));
+    for k in ["AttachStdin", "AttachStdout", "AttachStderr"] {
+        m.insert(k.into(), get(k, json!(false)));
+    }
+    if let Some(p) = c.get("ExposedPorts") {
+        m.insert("ExposedPorts".into(), p.clone());
+    }
+    for k in ["Tty", "OpenStdin", "StdinOnce"] {
+        m.insert(k.into(), get(k, json!(false)));
+    }
+    m.insert("Env".into(), get("Env", Value::Null));
+    m.insert("Cmd".into(), get("Cmd", Value::Null));
+    if let Some(h) = c.get("Healthcheck") {
+        m.insert("Healthcheck".into(), h.clone());
+    }
+    if let Some(a) = c.get("ArgsEscaped") {
+        m.insert("ArgsEscaped".into(), a.clone());
+    }
+    m.insert("Image".into(), get("Image", json!("")));
+    m.insert("Volumes".into(), get("Volumes", Value::Null));
+    m.insert("WorkingDir".into(), get("WorkingDir", json!("")));
+    m.insert("Entrypoint".into(), get("Entrypoint", Value::Null));
+    m.insert("OnBuild".into(), get("OnBuild", Value::Null));
+    m.insert("Labels".into(), get("Labels", Value::Null));
+    if let Some(s) = c.get("StopSignal") {
+        m.insert("StopSignal".into(), s.clone());
+    }
+    if let Some(s) = c.get("Shell") {
+        m.insert("Shell".into(), s.clone());
+    }
+    Value::Object(m)
+}
+
+pub async fn inspect(daemon: &Daemon, name: &str) -> ApiResult {
+    let info = find(daemon, name).await?;
+    let config = config_of(&info);
+    let s = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let mut v = json!({
+        "Id": info.id,
+        "RepoTags": info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
+        "RepoDigests": info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
+        "Parent": "",
+        "Comment": s("comment"),
+        "Created": s("created"),
+        "DockerVersion": s("docker_version"),
+        "Author": s("author"),
+        "Config": container_config(&config),
+        "Architecture": s("architecture"),
+        "Os": s("os"),
+        "Size": info.size,
+        "GraphDriver": { "Name": "overlayfs", "Data": null },
+        "RootFS": {
+            "Type": "layers",
+            "Layers": info.layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+        },
+        "Metadata": { "LastTagTime": info.last_tag_time.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()) },
+    });
+    if let Some(variant) = config.get("variant").and_then(Value::as_str) {
+        v["Variant"] = json!(variant);
+    }
+    if let Some(osv) = config.get("os.version").and_then(Value::as_str) {
+        v["OsVersion"] = json!(osv);
+    }
+    Ok(json(StatusCode::OK, &v))
+}
+
+pub async fn history(daemon: &Daemon, name: &str) -> ApiResult {
+    let info = find(daemon, name).await?;
+    let config = config_of(&info);
+    let entries = config.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut layer = info.layers.iter();
+    let mut out = Vec::new();
+    for h in &entries {
+        let empty = h.get("empty_layer").and_then(Value::as_bool).unwrap_or(false);
+        let size = if empty { 0 } else { layer.next().map(|l| l.unpacked_size).unwrap_or(0) };
+        let created = h
+            .get("created")
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp())
+            .unwrap_or(0);
+        out.push(json!({
+            "Id": "<missing>",
+            "Created": created,
+            "CreatedBy": h.get("created_by").and_then(Value::as_str).unwrap_or(""),
+            "Tags": Value::Null,
+            "Size": size,
+            "Comment": h.get("comment").and_then(Value::as_str).unwrap_or(""),
+        }));
+    }
+    out.reverse();
+    if let Some(top) = out.first_mut() {
+        top["Id"] = json!(info.id);
+        let tags: Vec<String> = info.repo_tags.iter().map(|r| familiar(r)).collect();
+        top["Tags"] = if tags.is_empty() { Value::Null } else { json!(tags) };
+    }
+    Ok(json(StatusCode::OK, &out))
+}
+
+pub async fn tag(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
+    let repo = q.get("repo").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("repo is required"))?;
+    let text = match q.get("tag").filter(|s| !s.is_empty()) {
+        Some(t) => format!("{repo}:{t}"),
+        None => repo.to_string(),
+    };
+    let target = parse_ref(&text)?;
+    if target.digest.is_some() {
+        return Err(ApiError::bad_request("refusing to create a tag with a digest reference"));
+    }
+    let info = find(daemon, name).await?;
+    let sel = berth_proto::ImageSelector { name: None, id_prefix: Some(info.id.clone()) };
+    match daemon.core.call(Request::ImageTag { selector: sel, target: target.to_string() }).await? {
+        Response::Done => Ok(super::empty(StatusCode::CREATED)),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn remove(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
+    let sel = selector(name).map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    let req = Request::ImageRemove { selector: sel, force: q.bool("force"), prune: !q.bool("noprune") };
+    match daemon.core.call(req).await {
+        Ok(Response::Removed { events }) => {
+            let out: Vec<Value> = events
+                .into_iter()
+                .map(|e| match e {
+                    berth_proto::RemoveEvent::Untagged(r) => json!({ "Untagged": familiar(&r) }),
+                    berth_proto::RemoveEvent::Deleted(d) => json!({ "Deleted": d }),
+                })
+                .collect();
+            Ok(json(StatusCode::OK, &out))
+        }
+        Ok(other) => Err(unexpected(other)),
+        Err(e) if e.code == berth_proto::ErrorCode::NotFound => {
+            Err(ApiError::not_found(format!("No such image: {name}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
+    let usage = match daemon.core.call(Request::DiskUsage).await? {
+        Response::DiskUsage(u) => u,
+        other => return Err(unexpected(other)),
+    };
+    let infos = list_infos(daemon).await?;
+    let shared: HashMap<&str, u64> = usage.images.iter().map(|u| (u.id.as_str(), u.shared_size)).collect();
+    let images: Vec<Value> =
+        infos.iter().map(|i| summary(i, shared.get(i.id.as_str()).copied(), 0)).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "LayersSize": usage.layers_size,
+            "Images": images,
+            "Containers": [],
+            "Volumes": [],
+            "BuildCache": [],
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing_like_docker_reference_filter() {
+        let refs = vec!["docker.io/library/busybox:latest".to_string()];
+        assert!(reference_matches("busybox", &refs));
+        assert!(reference_matches("busybox:latest", &refs));
+        assert!(reference_matches("busy*", &refs));
+        assert!(!reference_matches("busybox:1", &refs));
+        let refs = vec!["127.0.0.1:15000/berth/hello:v2s2".to_string()];
+        assert!(reference_matches("127.0.0.1:15000/berth/*", &refs));
+        assert!(!reference_matches("*", &refs));
+    }
+
+    #[test]
+    fn progress_lines_have_docker_shape() {
+        let p = Progress { id: Some("abc".into()), status: "Downloading".into(), current: Some((5, 10)) };
+        let v: Value = serde_json::from_slice(&progress_line(&p)).unwrap();
+        assert_eq!(v["progressDetail"]["current"], 5);
+        assert_eq!(v["id"], "abc");
+        let v: Value = serde_json::from_slice(&error_line("boom")).unwrap();
+        assert_eq!(v["errorDetail"]["message"], "boom");
+    }
+}

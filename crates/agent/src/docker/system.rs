@@ -1,0 +1,172 @@
+//! `/_ping`, `/version`, `/info`, `/auth`.
+
+use base64::Engine as _;
+use berth_proto::{Request, Response};
+use berth_registry::Credentials;
+use bytes::Bytes;
+use hyper::{header, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{full, json, ApiError, ApiResult, Resp, API_VERSION, MIN_API_VERSION};
+use crate::daemon::Daemon;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn ping(head: bool) -> Resp {
+    hyper::Response::builder()
+        .status(StatusCode::OK)
+        .header("API-Version", API_VERSION)
+        .header("OSType", "linux")
+        .header("Docker-Experimental", "false")
+        // The classic builder protocol; BuildKit is not offered.
+        .header("Builder-Version", "1")
+        .header(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")
+        .header(header::PRAGMA, "no-cache")
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(if head { Bytes::new() } else { Bytes::from_static(b"OK") }))
+        .expect("valid response")
+}
+
+fn kernel() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+pub async fn version(_daemon: &Daemon) -> Resp {
+    let details = json!({
+        "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Arch": go_arch(),
+        "Os": "linux", "KernelVersion": kernel(), "GitCommit": "", "GoVersion": "", "BuildTime": "",
+        "Experimental": "false",
+    });
+    json(
+        StatusCode::OK,
+        &json!({
+            "Platform": { "Name": "Berth" },
+            "Components": [{ "Name": "Engine", "Version": VERSION, "Details": details }],
+            "Version": VERSION, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "", "GoVersion": "", "Os": "linux", "Arch": go_arch(),
+            "KernelVersion": kernel(), "BuildTime": "",
+        }),
+    )
+}
+
+pub async fn info(daemon: &Daemon) -> ApiResult {
+    let backend = daemon.core.backend();
+    let state = backend.state();
+    let core = match daemon.core.call(Request::Info).await {
+        Ok(Response::Info(i)) => Some(i),
+        _ => None,
+    };
+    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_total = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
+    let settings = daemon.registry_settings();
+    let hub_mirrors: Vec<String> =
+        settings.mirrors.get("docker.io").map(|m| m.iter().map(|u| u.to_string()).collect()).unwrap_or_default();
+    let mut insecure = vec!["127.0.0.0/8".to_string()];
+    insecure.extend(settings.insecure.iter().cloned());
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "ID": daemon.id, "Name": nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+            "Images": core.as_ref().map(|c| c.images).unwrap_or(0),
+            "Driver": core.as_ref().map(|c| c.storage_driver.clone()).unwrap_or_default(),
+            "DriverStatus": [], "Plugins": { "Volume": [], "Network": [], "Authorization": null, "Log": [] },
+            "MemoryLimit": true, "SwapLimit": false, "CpuCfsPeriod": true, "CpuCfsQuota": true,
+            "IPv4Forwarding": true, "Debug": false, "NFd": 0, "NGoroutines": 0,
+            "SystemTime": chrono::Utc::now().to_rfc3339(), "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs", "CgroupVersion": "2", "NEventsListener": 0,
+            "KernelVersion": core.as_ref().map(|c| c.kernel.clone()).unwrap_or_else(kernel),
+            "OperatingSystem": format!("Berth ({} backend)", backend.name()), "OSVersion": "",
+            "OSType": "linux", "Architecture": std::env::consts::ARCH,
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {
+                "InsecureRegistryCIDRs": insecure, "IndexConfigs": {}, "Mirrors": hub_mirrors,
+            },
+            "NCPU": ncpu, "MemTotal": mem_total,
+            "DockerRootDir": core.as_ref().map(|c| c.data_root.clone()).unwrap_or_default(),
+            "ServerVersion": VERSION, "Labels": [], "ExperimentalBuild": false,
+            "SecurityOptions": [], "Warnings": [],
+            "Berth": { "Backend": backend.name(), "VmState": state.to_string(),
+                       "CoreSoftware": core.as_ref().map(|c| c.software.clone()) },
+        }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct AuthConfig {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default, rename = "serveraddress")]
+    server_address: String,
+}
+
+/// The registry host a `serveraddress` names: Docker Hub's legacy index URL means docker.io.
+pub fn registry_host(server_address: &str) -> String {
+    let s = server_address.trim();
+    if s.is_empty() || s.contains("index.docker.io") || s == "docker.io" || s.contains("registry-1.docker.io") {
+        return "docker.io".into();
+    }
+    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    s.split('/').next().unwrap_or(s).to_string()
+}
+
+/// `X-Registry-Auth`: base64url JSON of the CLI's stored credentials for the pull's registry.
+pub fn decode_registry_auth(header: &str) -> Option<Credentials> {
+    let h = header.trim();
+    let bytes = base64::engine::general_purpose::URL_SAFE
+        .decode(h)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(h))
+        .ok()?;
+    let a: AuthConfig = serde_json::from_slice(&bytes).ok()?;
+    (!a.username.is_empty()).then_some(Credentials { username: a.username, password: a.password })
+}
+
+pub async fn auth(daemon: &Daemon, body: &[u8]) -> ApiResult {
+    let a: AuthConfig = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid auth configuration: {e}")))?;
+    let host = registry_host(&a.server_address);
+    let creds = Credentials { username: a.username, password: a.password };
+    match daemon.registry().check_login(&host, &creds).await {
+        Ok(()) => Ok(json(StatusCode::OK, &json!({ "Status": "Login Succeeded", "IdentityToken": "" }))),
+        Err(e) if e.is_auth() => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("login attempt to {host} failed: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("login to {host}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(registry_host("127.0.0.1:15001"), "127.0.0.1:15001");
+        assert_eq!(registry_host("http://127.0.0.1:15001/v2/"), "127.0.0.1:15001");
+    }
+
+    #[test]
+    fn registry_auth_header() {
+        let h = base64::engine::general_purpose::URL_SAFE
+            .encode(br#"{"username":"u","password":"p","serveraddress":"x"}"#);
+        let c = decode_registry_auth(&h).unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+        let empty = base64::engine::general_purpose::URL_SAFE.encode(b"{}");
+        assert!(decode_registry_auth(&empty).is_none());
+        assert!(decode_registry_auth("!!!").is_none());
+    }
+}

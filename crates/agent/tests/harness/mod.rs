@@ -1,0 +1,158 @@
+//! Starts berthd (with its real berth-core child) in a temp dir and drives the real docker CLI.
+
+#![allow(dead_code)]
+
+pub mod liar;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The fixture registries' env file (`scripts/fixtures up` writes it).
+pub fn fixtures() -> HashMap<String, String> {
+    let Some(path) = std::env::var_os("BERTH_FIXTURES_ENV") else {
+        panic!("BERTH_FIXTURES_ENV is not set: run ./scripts/test, or `scripts/fixtures up` and export BERTH_FIXTURES_ENV=<fixtures dir>/env")
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", Path::new(&path).display()));
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .collect()
+}
+
+/// One image of the fixtures' images.json.
+pub fn fixture_image(registry: &str, repo: &str, tag: &str) -> Value {
+    let fx = fixtures();
+    let path = &fx["BERTH_FIX_IMAGES"];
+    let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let list = all.as_array().cloned().or_else(|| all["images"].as_array().cloned()).expect("images list");
+    list.into_iter()
+        .find(|i| i["registry"] == registry && i["repo"] == repo && i["tag"] == tag)
+        .unwrap_or_else(|| panic!("no fixture {registry} {repo}:{tag} in {path}"))
+}
+
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BERTH_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_BIN_EXE_berthd")).parent().unwrap().to_path_buf()
+}
+
+pub struct Berthd {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data_root: PathBuf,
+    args: Vec<String>,
+}
+
+impl Berthd {
+    pub fn start(extra: &[&str]) -> Berthd {
+        let dir = tempfile::tempdir().unwrap();
+        let data_root = dir.path().join("data");
+        let socket = dir.path().join("berthd.sock");
+        std::fs::create_dir_all(dir.path().join("docker-config")).unwrap();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(&socket, &data_root, &args, dir.path());
+        let mut d = Berthd { child, dir, socket, data_root, args };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
+                panic!("berthd exited at start ({status}):\n{log}");
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+                && self.docker(&["version"]).status.success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "berthd did not answer within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills berthd (SIGKILL: no clean-up) and starts it again on the same data root.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // The core dies with berthd (parent-death signal); give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        self.child = spawn(&self.socket, &self.data_root, &self.args, self.dir.path());
+        self.wait_ready();
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running docker (the CLI must be installed)")
+    }
+
+    /// Runs docker, panics with its output and berthd's log unless it succeeds; returns stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
+            panic!(
+                "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}\nberthd log (tail):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn spawn(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).unwrap();
+    Command::new(bin_dir().join("berthd"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--data-root")
+        .arg(data_root)
+        .arg("--core-binary")
+        .arg(bin_dir().join("berth-core"))
+        .args(args)
+        .env("BERTH_LOG", "info,berth_agent=debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning berthd")
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        let _ = nix_kill_term(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill_term(pid: u32) -> std::io::Result<()> {
+    let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    if st.success() { Ok(()) } else { Err(std::io::Error::other("kill failed")) }
+}

@@ -1,0 +1,264 @@
+//! Image metadata in an embedded transactional store (redb) on the data disk: images, the
+//! references (tags and digests) that point at them, and the layer snapshots' facts. Blobs and
+//! snapshot trees live in the file system ([`crate::content`], [`crate::snapshot`]); this store
+//! only says which of them make up which image, so a crash between two writes leaves at worst an
+//! unreferenced blob or snapshot, never a record pointing at nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use berth_proto::LayerInfo;
+
+/// image id ("sha256:…") → [`ImageRecord`] as JSON
+const IMAGES: TableDefinition<&str, &str> = TableDefinition::new("images");
+/// normalised reference ("docker.io/library/busybox:latest" or "…@sha256:…") → image id
+const REFS: TableDefinition<&str, &str> = TableDefinition::new("refs");
+/// chain id → [`LayerRecord`] as JSON
+const LAYERS: TableDefinition<&str, &str> = TableDefinition::new("layers");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// the metadata database failed
+    #[error("metadata store: {0}")]
+    Db(String),
+    /// a stored record could not be decoded
+    #[error("metadata record {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetaError {
+            fn from(e: $t) -> Self { MetaError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    pub id: String,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub index_digest: Option<String>,
+    pub layers: Vec<LayerInfo>,
+    pub size: u64,
+    pub stored_at: String,
+    pub last_tag_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerRecord {
+    pub diff_id: String,
+    pub unpacked_size: u64,
+}
+
+pub struct MetaStore {
+    db: Database,
+}
+
+/// The references pointing at each image id.
+pub type RefMap = BTreeMap<String, Vec<String>>;
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(IMAGES)?;
+            txn.open_table(REFS)?;
+            txn.open_table(LAYERS)?;
+        }
+        txn.commit()?;
+        Ok(MetaStore { db })
+    }
+
+    pub fn put_layer(&self, chain_id: &str, rec: &LayerRecord) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(LAYERS)?;
+            t.insert(chain_id, encode(rec).as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn layer(&self, chain_id: &str) -> Result<Option<LayerRecord>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LAYERS)?;
+        let v = t.get(chain_id)?;
+        v.map(|v| decode(chain_id, v.value())).transpose()
+    }
+
+    pub fn layers(&self) -> Result<BTreeMap<String, LayerRecord>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LAYERS)?;
+        let mut out = BTreeMap::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.insert(k.value().to_string(), decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn remove_layer(&self, chain_id: &str) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(LAYERS)?.remove(chain_id)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Stores `image` and points every reference in `refs` at it, in one transaction.
+    pub fn put_image(&self, image: &ImageRecord, refs: &[String]) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut images = txn.open_table(IMAGES)?;
+            images.insert(image.id.as_str(), encode(image).as_str())?;
+            let mut r = txn.open_table(REFS)?;
+            for name in refs {
+                r.insert(name.as_str(), image.id.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn image(&self, id: &str) -> Result<Option<ImageRecord>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(IMAGES)?;
+        let v = t.get(id)?;
+        v.map(|v| decode(id, v.value())).transpose()
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn image_ids(&self) -> Result<Vec<String>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(IMAGES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            out.push(item?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    pub fn resolve_ref(&self, name: &str) -> Result<Option<String>, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REFS)?;
+        let v = t.get(name)?;
+        Ok(v.map(|v| v.value().to_string()))
+    }
+
+    /// All references, grouped by the image they point at.
+    pub fn refs(&self) -> Result<RefMap, MetaError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REFS)?;
+        let mut out: RefMap = BTreeMap::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.entry(v.value().to_string()).or_default().push(k.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Points `name` at `id` (moving it if it pointed elsewhere); records the tag time.
+    pub fn set_ref(&self, name: &str, id: &str, now: &str) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut images = txn.open_table(IMAGES)?;
+            let rec = images.get(id)?.map(|v| decode::<ImageRecord>(id, v.value())).transpose()?;
+            if let Some(mut rec) = rec {
+                rec.last_tag_time = Some(now.to_string());
+                images.insert(id, encode(&rec).as_str())?;
+            }
+            txn.open_table(REFS)?.insert(name, id)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes references and, when `delete_image` is set, the image record, in one transaction.
+    pub fn remove(&self, refs: &[String], delete_image: Option<&str>) -> Result<(), MetaError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut r = txn.open_table(REFS)?;
+            for name in refs {
+                r.remove(name.as_str())?;
+            }
+            if let Some(id) = delete_image {
+                txn.open_table(IMAGES)?.remove(id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("metadata records always serialise")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &str) -> Result<T, MetaError> {
+    serde_json::from_str(v)
+        .map_err(|e| MetaError::Corrupt { key: key.to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            manifest_digest: "sha256:m".into(),
+            manifest_media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            index_digest: None,
+            layers: vec![],
+            size: 0,
+            stored_at: "2026-01-01T00:00:00Z".into(),
+            last_tag_time: None,
+        }
+    }
+
+    #[test]
+    fn records_and_refs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let m = MetaStore::open(&path).unwrap();
+            m.put_image(&rec("sha256:a"), &["docker.io/library/x:latest".into()]).unwrap();
+            m.put_layer("sha256:c", &LayerRecord { diff_id: "sha256:d".into(), unpacked_size: 5 })
+                .unwrap();
+        }
+        let m = MetaStore::open(&path).unwrap();
+        assert_eq!(m.resolve_ref("docker.io/library/x:latest").unwrap().as_deref(), Some("sha256:a"));
+        assert_eq!(m.image("sha256:a").unwrap().unwrap(), rec("sha256:a"));
+        assert_eq!(m.layer("sha256:c").unwrap().unwrap().unpacked_size, 5);
+        m.set_ref("docker.io/library/y:1", "sha256:a", "2026-02-02T00:00:00Z").unwrap();
+        assert_eq!(m.refs().unwrap()["sha256:a"].len(), 2);
+        m.remove(&["docker.io/library/x:latest".into()], Some("sha256:a")).unwrap();
+        assert!(m.image("sha256:a").unwrap().is_none());
+        assert_eq!(m.refs().unwrap()["sha256:a"], vec!["docker.io/library/y:1".to_string()]);
+    }
+}

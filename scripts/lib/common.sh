@@ -1,0 +1,44 @@
+# Shared by scripts/run, scripts/test and scripts/bench: install what is missing, build.
+# shellcheck shell=bash
+
+BERTH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export BERTH_ROOT
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/target}
+export BERTH_FIXTURES_DIR=${BERTH_FIXTURES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/berth/fixtures}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_apt PKG...: installs the Debian packages that are not installed yet.
+ensure_apt() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    echo "cargo is missing: install Rust with rustup first" >&2
+    exit 1
+  fi
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+}
+
+# What berthd and berth-core need at run time on the direct backend.
+RUNTIME_APT=(ca-certificates)
+# What the tests and fixtures need on top.
+TEST_APT=(docker-registry skopeo umoci busybox-static apache2-utils jq openssl zstd gcc libc6-dev python3 curl)
+
+build_workspace() {
+  say "building (target dir $CARGO_TARGET_DIR)"
+  (cd "$BERTH_ROOT" && cargo build --workspace --bins --quiet)
+}
