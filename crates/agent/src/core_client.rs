@@ -32,12 +32,19 @@ pub struct CoreClient {
 }
 
 fn unavailable(msg: impl std::fmt::Display) -> Error {
-    Error::new(ErrorCode::InvalidState, format!("the Berth core is not reachable: {msg}"))
+    Error::new(
+        ErrorCode::InvalidState,
+        format!("the Berth core is not reachable: {msg}"),
+    )
 }
 
 impl CoreClient {
     pub fn new(backend: Arc<dyn VmBackend>) -> CoreClient {
-        CoreClient { backend, control: Mutex::new(None), next_id: AtomicU64::new(1) }
+        CoreClient {
+            backend,
+            control: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn VmBackend> {
@@ -58,8 +65,11 @@ impl CoreClient {
         let (mut rd, wr) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let control =
-            Arc::new(Control { writer: Mutex::new(wr), pending: pending.clone(), alive: alive.clone() });
+        let control = Arc::new(Control {
+            writer: Mutex::new(wr),
+            pending: pending.clone(),
+            alive: alive.clone(),
+        });
         tokio::spawn(async move {
             loop {
                 match read_frame::<_, ResponseFrame>(&mut rd).await {
@@ -71,7 +81,8 @@ impl CoreClient {
                     Err(e) => {
                         alive.store(false, Ordering::SeqCst);
                         for (_, tx) in pending.lock().expect("pending").drain() {
-                            let _ = tx.send(Err(unavailable(format!("control connection lost: {e}"))));
+                            let _ =
+                                tx.send(Err(unavailable(format!("control connection lost: {e}"))));
                         }
                         break;
                     }
@@ -96,7 +107,8 @@ impl CoreClient {
                 return Err(unavailable(e));
             }
         }
-        rx.await.map_err(|_| unavailable("control connection closed"))?
+        rx.await
+            .map_err(|_| unavailable("control connection closed"))?
     }
 
     /// Streams one blob to the core on its own connection. `on_bytes` sees the running total.
@@ -110,7 +122,11 @@ impl CoreClient {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
     {
         let size = blob.size;
-        let mut stream = self.backend.dial(CORE_PORT).await.map_err(|e| BlobUploadError::Core(unavailable(e)))?;
+        let mut stream = self
+            .backend
+            .dial(CORE_PORT)
+            .await
+            .map_err(|e| BlobUploadError::Core(unavailable(e)))?;
         client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::BlobWrite(blob)))
             .await
             .map_err(|e| BlobUploadError::Core(unavailable(e)))?;
@@ -134,9 +150,9 @@ impl CoreClient {
             // Closing early makes the core see a short blob, which it refuses and discards.
             let _ = stream.shutdown().await;
         }
-        let answer: BlobWriteResult = read_frame(&mut stream)
-            .await
-            .map_err(|e| BlobUploadError::Core(unavailable(format!("no answer for the blob: {e}"))))?;
+        let answer: BlobWriteResult = read_frame(&mut stream).await.map_err(|e| {
+            BlobUploadError::Core(unavailable(format!("no answer for the blob: {e}")))
+        })?;
         answer.result.map_err(BlobUploadError::Core)
     }
 }

@@ -44,7 +44,10 @@ impl CredentialStore for RequestCredentials {
 }
 
 impl Daemon {
-    pub fn new(backend: Arc<dyn VmBackend>, registry_config: RegistryConfig) -> anyhow::Result<Daemon> {
+    pub fn new(
+        backend: Arc<dyn VmBackend>,
+        registry_config: RegistryConfig,
+    ) -> anyhow::Result<Daemon> {
         let client = Client::new(registry_config.clone(), Arc::new(NoCredentials))
             .map_err(|e| anyhow::anyhow!("registry client: {e}"))?;
         Ok(Daemon {
@@ -70,10 +73,18 @@ impl Daemon {
         reference: &Reference,
         creds: Option<Credentials>,
     ) -> Result<Client, ApiError> {
-        let Some(creds) = creds else { return Ok(self.registry()) };
-        let store = RequestCredentials { host: reference.registry.clone(), creds };
+        let Some(creds) = creds else {
+            return Ok(self.registry());
+        };
+        let store = RequestCredentials {
+            host: reference.registry.clone(),
+            creds,
+        };
         Client::new(self.registry_settings(), Arc::new(store)).map_err(|e| {
-            ApiError::new(hyper::StatusCode::INTERNAL_SERVER_ERROR, format!("registry client: {e}"))
+            ApiError::new(
+                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("registry client: {e}"),
+            )
         })
     }
 }
@@ -142,5 +153,7 @@ pub fn default_data_root() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }

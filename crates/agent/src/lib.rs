@@ -2,6 +2,8 @@
 //! pulls through the registry client on the host, and drives `berth-core` (in the VM, or as a
 //! child process on the direct backend) over `berth-proto`.
 
+#![recursion_limit = "256"]
+
 pub mod core_client;
 pub mod daemon;
 pub mod docker;

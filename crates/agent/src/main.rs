@@ -13,7 +13,11 @@ use clap::Parser;
 use berth_agent::daemon::{self, Daemon};
 
 #[derive(Parser)]
-#[command(name = "berthd", version, about = "Berth's host agent: the Docker API on a Unix socket")]
+#[command(
+    name = "berthd",
+    version,
+    about = "Berth's host agent: the Docker API on a Unix socket"
+)]
 struct Args {
     /// Where the core runs: `direct` (Linux host, no VM). The VM backends come next.
     #[arg(long, default_value = "direct")]
@@ -41,7 +45,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -56,12 +61,20 @@ fn main() -> anyhow::Result<()> {
 fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
     let mut config = RegistryConfig::default();
     if !args.registry_mirrors.is_empty() {
-        config.mirrors.insert("docker.io".into(), args.registry_mirrors.clone());
+        config
+            .mirrors
+            .insert("docker.io".into(), args.registry_mirrors.clone());
     }
     for m in &args.mirrors {
-        let (host, url) = m.split_once('=').with_context(|| format!("--mirror {m:?}: want HOST=URL"))?;
+        let (host, url) = m
+            .split_once('=')
+            .with_context(|| format!("--mirror {m:?}: want HOST=URL"))?;
         let url = url::Url::parse(url).with_context(|| format!("--mirror {m:?}: bad URL"))?;
-        config.mirrors.entry(host.to_string()).or_default().push(url);
+        config
+            .mirrors
+            .entry(host.to_string())
+            .or_default()
+            .push(url);
     }
     config.insecure = args.insecure.clone();
     Ok(config)
@@ -69,10 +82,16 @@ fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.backend != "direct" {
-        bail!("backend {:?} is not available yet: use --backend direct", args.backend);
+        bail!(
+            "backend {:?} is not available yet: use --backend direct",
+            args.backend
+        );
     }
     let socket = args.socket.clone().unwrap_or_else(daemon::default_socket);
-    let data_root = args.data_root.clone().unwrap_or_else(daemon::default_data_root);
+    let data_root = args
+        .data_root
+        .clone()
+        .unwrap_or_else(daemon::default_data_root);
     let core_binary = match &args.core_binary {
         Some(p) => p.clone(),
         None => std::env::current_exe()?

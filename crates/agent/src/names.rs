@@ -9,7 +9,11 @@ use berth_registry::Reference;
 /// registries unchanged.
 pub fn familiar(normalised: &str) -> String {
     if let Some(rest) = normalised.strip_prefix("docker.io/") {
-        return rest.strip_prefix("library/").filter(|r| !r.contains('/')).unwrap_or(rest).to_string();
+        return rest
+            .strip_prefix("library/")
+            .filter(|r| !r.contains('/'))
+            .unwrap_or(rest)
+            .to_string();
     }
     normalised.to_string()
 }
@@ -19,12 +23,21 @@ pub fn familiar(normalised: &str) -> String {
 pub fn selector(input: &str) -> Result<ImageSelector, berth_registry::ReferenceError> {
     let hex = input.strip_prefix("sha256:").unwrap_or(input);
     let id_like = !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if input.starts_with("sha256:") {
+        return Ok(ImageSelector {
+            name: None,
+            id_prefix: id_like.then(|| input.to_string()),
+        });
+    }
     let name = match Reference::parse(input) {
         Ok(r) => Some(r.to_string()),
         Err(e) if !id_like => return Err(e),
         Err(_) => None,
     };
-    Ok(ImageSelector { name, id_prefix: id_like.then(|| input.to_string()) })
+    Ok(ImageSelector {
+        name,
+        id_prefix: id_like.then(|| input.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -33,11 +46,20 @@ mod tests {
 
     #[test]
     fn familiar_forms() {
-        assert_eq!(familiar("docker.io/library/busybox:latest"), "busybox:latest");
-        assert_eq!(familiar("docker.io/library/busybox@sha256:ab"), "busybox@sha256:ab");
+        assert_eq!(
+            familiar("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
+        assert_eq!(
+            familiar("docker.io/library/busybox@sha256:ab"),
+            "busybox@sha256:ab"
+        );
         assert_eq!(familiar("docker.io/user/app:1"), "user/app:1");
         assert_eq!(familiar("docker.io/library/a/b:1"), "library/a/b:1");
-        assert_eq!(familiar("127.0.0.1:15000/berth/hello:latest"), "127.0.0.1:15000/berth/hello:latest");
+        assert_eq!(
+            familiar("127.0.0.1:15000/berth/hello:latest"),
+            "127.0.0.1:15000/berth/hello:latest"
+        );
     }
 
     #[test]

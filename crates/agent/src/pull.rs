@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_proto::{BlobWrite, ImagePut, ImageSelector, LayerRef, LayerUnpack, RawBlob, Request, Response};
+use berth_proto::{
+    BlobWrite, ImagePut, ImageSelector, LayerRef, LayerUnpack, RawBlob, Request, Response,
+};
 use berth_registry::{Client, Fetched, Platform, Reference, RegistryError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest as _, Sha256};
@@ -28,7 +30,11 @@ pub struct Progress {
 
 impl Progress {
     fn line(id: Option<&str>, status: impl Into<String>) -> Progress {
-        Progress { id: id.map(str::to_string), status: status.into(), current: None }
+        Progress {
+            id: id.map(str::to_string),
+            status: status.into(),
+            current: None,
+        }
     }
 }
 
@@ -92,14 +98,30 @@ pub async fn fetch(
             let _ = tx.send(p).await;
         }
     };
-    let tag_or_digest = reference.tag.clone().or(reference.digest.clone()).unwrap_or_default();
+    let tag_or_digest = reference
+        .tag
+        .clone()
+        .or(reference.digest.clone())
+        .unwrap_or_default();
     let repo_path = familiar(&reference.name());
-    send(Progress::line(Some(&tag_or_digest), format!("Pulling from {repo_path}"))).await;
+    send(Progress::line(
+        Some(&tag_or_digest),
+        format!("Pulling from {repo_path}"),
+    ))
+    .await;
     for s in &resolved.skipped {
-        send(Progress::line(None, format!("Skipped {}: {}", s.endpoint.base, s.reason))).await;
+        send(Progress::line(
+            None,
+            format!("Skipped {}: {}", s.endpoint.base, s.reason),
+        ))
+        .await;
     }
     if resolved.endpoint.mirror {
-        send(Progress::line(None, format!("Using mirror {}", resolved.endpoint.base))).await;
+        send(Progress::line(
+            None,
+            format!("Using mirror {}", resolved.endpoint.base),
+        ))
+        .await;
     }
 
     let config: serde_json::Value = serde_json::from_slice(&resolved.config.bytes)
@@ -107,7 +129,11 @@ pub async fn fetch(
     let diff_ids: Vec<String> = config
         .pointer("/rootfs/diff_ids")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
         .ok_or_else(|| PullError::Invalid("image config has no rootfs.diff_ids".into()))?;
     if diff_ids.len() != resolved.layers.len() {
         return Err(PullError::Invalid(format!(
@@ -137,9 +163,18 @@ pub async fn fetch(
         })
         .collect();
 
-    let present = match core.call(Request::SnapshotsPresent { chain_ids: chain_ids.clone() }).await? {
+    let present = match core
+        .call(Request::SnapshotsPresent {
+            chain_ids: chain_ids.clone(),
+        })
+        .await?
+    {
         Response::Present { present } => present,
-        other => return Err(PullError::Invalid(format!("unexpected answer from the core: {other:?}"))),
+        other => {
+            return Err(PullError::Invalid(format!(
+                "unexpected answer from the core: {other:?}"
+            )))
+        }
     };
     let mut todo = Vec::new();
     for l in &layers {
@@ -171,7 +206,10 @@ pub async fn fetch(
             let blob = registry.fetch_blob(&reference, &desc).await?;
             for s in &blob.skipped {
                 let _ = tx
-                    .send(Progress::line(Some(&id), format!("Skipped {}: {}", s.endpoint.base, s.reason)))
+                    .send(Progress::line(
+                        Some(&id),
+                        format!("Skipped {}: {}", s.endpoint.base, s.reason),
+                    ))
                     .await;
             }
             let total = l.size;
@@ -182,7 +220,10 @@ pub async fn fetch(
                 digest: l.digest.clone(),
                 size: l.size,
                 media_type: l.media_type.clone(),
-                unpack: Some(LayerUnpack { diff_id: l.diff_id.clone(), chain_id: l.chain_id.clone() }),
+                unpack: Some(LayerUnpack {
+                    diff_id: l.diff_id.clone(),
+                    chain_id: l.chain_id.clone(),
+                }),
             };
             let result = core
                 .write_blob(write, blob.stream, move |n| {
@@ -198,7 +239,9 @@ pub async fn fetch(
                 .await;
             match result {
                 Ok(_) => {
-                    let _ = tx.send(Progress::line(Some(&id), "Download complete")).await;
+                    let _ = tx
+                        .send(Progress::line(Some(&id), "Download complete"))
+                        .await;
                     let _ = tx.send(Progress::line(Some(&id), "Pull complete")).await;
                     Ok(())
                 }
@@ -213,7 +256,10 @@ pub async fn fetch(
 
     let previous = core
         .call(Request::ImageInspect {
-            selector: ImageSelector { name: Some(reference.to_string()), id_prefix: None },
+            selector: ImageSelector {
+                name: Some(reference.to_string()),
+                id_prefix: None,
+            },
         })
         .await
         .ok()
@@ -223,7 +269,10 @@ pub async fn fetch(
         });
     let repo_digest = format!("{}@{}", reference.name(), resolved.repo_digest);
     let put = ImagePut {
-        tag: reference.tag.as_ref().map(|_| reference.with_digest_removed()),
+        tag: reference
+            .tag
+            .as_ref()
+            .map(|_| reference.with_digest_removed()),
         repo_digest: Some(repo_digest),
         index: resolved.index.as_ref().map(raw),
         manifest: raw(&resolved.manifest),
@@ -232,14 +281,30 @@ pub async fn fetch(
     };
     let id = match core.call(Request::ImagePut(Box::new(put))).await? {
         Response::Image(i) => i.id,
-        other => return Err(PullError::Invalid(format!("unexpected answer from the core: {other:?}"))),
+        other => {
+            return Err(PullError::Invalid(format!(
+                "unexpected answer from the core: {other:?}"
+            )))
+        }
     };
-    send(Progress::line(None, format!("Digest: {}", resolved.repo_digest))).await;
+    send(Progress::line(
+        None,
+        format!("Digest: {}", resolved.repo_digest),
+    ))
+    .await;
     let shown = familiar(&reference.to_string());
     if previous.as_deref() == Some(id.as_str()) {
-        send(Progress::line(None, format!("Status: Image is up to date for {shown}"))).await;
+        send(Progress::line(
+            None,
+            format!("Status: Image is up to date for {shown}"),
+        ))
+        .await;
     } else {
-        send(Progress::line(None, format!("Status: Downloaded newer image for {shown}"))).await;
+        send(Progress::line(
+            None,
+            format!("Status: Downloaded newer image for {shown}"),
+        ))
+        .await;
     }
     Ok(())
 }
@@ -251,6 +316,10 @@ trait WithoutDigest {
 impl WithoutDigest for Reference {
     /// "name:tag" even when the reference also carried a digest.
     fn with_digest_removed(&self) -> String {
-        format!("{}:{}", self.name(), self.tag.as_deref().unwrap_or("latest"))
+        format!(
+            "{}:{}",
+            self.name(),
+            self.tag.as_deref().unwrap_or("latest")
+        )
     }
 }

@@ -9,7 +9,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Berth: containers on your workstation")]
+#[command(
+    name = "berth",
+    version,
+    about = "Berth: containers on your workstation"
+)]
 struct Args {
     /// berthd's socket.
     #[arg(long, env = "BERTH_SOCKET")]
@@ -34,12 +38,18 @@ fn default_socket() -> PathBuf {
 
 /// One GET over the socket; HTTP/1.0 so the body ends with the connection.
 fn get(socket: &PathBuf, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("cannot reach berthd at {} (is it running?)", socket.display()))?;
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach berthd at {} (is it running?)",
+            socket.display()
+        )
+    })?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: berthd\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").context("malformed answer from berthd")?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .context("malformed answer from berthd")?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -60,8 +70,14 @@ fn main() -> anyhow::Result<()> {
             let info: serde_json::Value = serde_json::from_str(&body).context("decoding /info")?;
             println!("berthd:  running at {}", socket.display());
             println!("version: {}", info["ServerVersion"].as_str().unwrap_or("?"));
-            println!("backend: {}", info["Berth"]["Backend"].as_str().unwrap_or("?"));
-            println!("core:    {}", info["Berth"]["VmState"].as_str().unwrap_or("?"));
+            println!(
+                "backend: {}",
+                info["Berth"]["Backend"].as_str().unwrap_or("?")
+            );
+            println!(
+                "core:    {}",
+                info["Berth"]["VmState"].as_str().unwrap_or("?")
+            );
             println!("images:  {}", info["Images"]);
         }
     }

@@ -15,8 +15,8 @@ use berth_proto::{
 use crate::content::ContentStore;
 use crate::digest::{chain_ids, Digest};
 use crate::meta::{ImageRecord, LayerRecord, MetaError, MetaStore};
-use crate::snapshot::SnapshotStore;
-use crate::unpack::{unpack_layer, Compression};
+use crate::snapshot::{SnapshotInfo, SnapshotStore};
+use crate::unpack::{unpack_layer, Compression, UnpackError};
 
 /// Manifests, indexes and configs larger than this are refused.
 const MAX_DOCUMENT: u64 = 4 << 20;
@@ -56,7 +56,13 @@ impl ImageService {
         let content = ContentStore::open(root).map_err(internal)?;
         let snapshots = SnapshotStore::open(root).map_err(internal)?;
         let meta = MetaStore::open(&root.join("meta.redb"))?;
-        Ok(ImageService { root: root.to_path_buf(), content, snapshots, meta, refs_lock: Mutex::new(()) })
+        Ok(ImageService {
+            root: root.to_path_buf(),
+            content,
+            snapshots,
+            meta,
+            refs_lock: Mutex::new(()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -107,7 +113,8 @@ impl ImageService {
             let mut tee = crate::content::TeeReader::new(reader, writer);
             std::io::copy(&mut tee, &mut std::io::sink())
                 .map_err(|e| Error::new(ErrorCode::DataLoss, format!("blob {digest}: {e}")))?;
-            tee.finish().map_err(|e| Error::new(ErrorCode::DataLoss, e.to_string()))?;
+            tee.finish()
+                .map_err(|e| Error::new(ErrorCode::DataLoss, e.to_string()))?;
             return Ok(None);
         };
         let diff_id = parse_digest("diff id", &layer.diff_id)?;
@@ -115,24 +122,55 @@ impl ImageService {
         let compression = Compression::from_media_type(media_type)
             .map_err(|e| Error::new(ErrorCode::Unsupported, e.to_string()))?;
         let prepared = self.snapshots.prepare().map_err(internal)?;
+        let existed = self.content.contains(&digest);
         let mut tee = crate::content::TeeReader::new(reader, writer);
-        let stats = unpack_layer(&mut tee, compression, prepared.path()).map_err(|e| {
-            Error::new(ErrorCode::InvalidArgument, format!("layer {digest}: {e}"))
-        })?;
-        tee.finish().map_err(|e| Error::new(ErrorCode::DataLoss, format!("layer {digest}: {e}")))?;
+        let stats = match unpack_layer(&mut tee, compression, prepared.path()) {
+            Ok(stats) => stats,
+            Err(e) => {
+                // Say the root cause: bytes that are not what the registry promised explain a
+                // corrupt stream better than the decompressor's complaint does.
+                let _ = std::io::copy(&mut tee, &mut std::io::sink());
+                if let Err(c) = tee.finish() {
+                    return Err(Error::new(
+                        ErrorCode::DataLoss,
+                        format!("layer {digest}: {c}"),
+                    ));
+                }
+                if !existed {
+                    let _ = self.content.delete(&digest);
+                }
+                let code = match e {
+                    UnpackError::Stream(_) => ErrorCode::DataLoss,
+                    _ => ErrorCode::InvalidArgument,
+                };
+                return Err(Error::new(code, format!("layer {digest}: {e}")));
+            }
+        };
         if stats.diff_id != diff_id {
+            // Dropping the tee unread-to-the-end discards the blob too.
             return Err(Error::new(
                 ErrorCode::DataLoss,
                 format!(
-                    "layer {digest}: uncompressed content has digest {} but the image config says {diff_id}",
+                    "layer {digest}: its uncompressed content has diff id {} but the image config says {diff_id}",
                     stats.diff_id
                 ),
             ));
         }
-        prepared.commit(&chain_id).map_err(internal)?;
+        tee.finish()
+            .map_err(|e| Error::new(ErrorCode::DataLoss, format!("layer {digest}: {e}")))?;
+        prepared
+            .commit_with(SnapshotInfo {
+                chain_id: chain_id.clone(),
+                diff_id: Some(diff_id.clone()),
+                size: Some(stats.size),
+            })
+            .map_err(internal)?;
         self.meta.put_layer(
             &layer.chain_id,
-            &LayerRecord { diff_id: diff_id.to_string(), unpacked_size: stats.size },
+            &LayerRecord {
+                diff_id: diff_id.to_string(),
+                unpacked_size: stats.size,
+            },
         )?;
         Ok(Some(stats.size))
     }
@@ -153,13 +191,19 @@ impl ImageService {
             }
         }
         let config: serde_json::Value = serde_json::from_str(&put.config.text).map_err(|e| {
-            Error::new(ErrorCode::InvalidArgument, format!("image config is not JSON: {e}"))
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("image config is not JSON: {e}"),
+            )
         })?;
         let diff_ids: Vec<Digest> = config
             .pointer("/rootfs/diff_ids")
             .and_then(|v| v.as_array())
             .ok_or_else(|| {
-                Error::new(ErrorCode::InvalidArgument, "image config has no rootfs.diff_ids")
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    "image config has no rootfs.diff_ids",
+                )
             })?
             .iter()
             .map(|v| parse_digest("diff id", v.as_str().unwrap_or_default()))
@@ -180,10 +224,16 @@ impl ImageService {
             if l.diff_id != diff.to_string() || l.chain_id != chain.to_string() {
                 return Err(Error::new(
                     ErrorCode::InvalidArgument,
-                    format!("layer {} does not match the image config's diff ids", l.digest),
+                    format!(
+                        "layer {} does not match the image config's diff ids",
+                        l.digest
+                    ),
                 ));
             }
-            let rec = self.meta.layer(&l.chain_id)?.filter(|_| self.snapshots.exists(chain));
+            let rec = self
+                .meta
+                .layer(&l.chain_id)?
+                .filter(|_| self.snapshots.exists(chain));
             let Some(rec) = rec else {
                 return Err(Error::new(
                     ErrorCode::InvalidState,
@@ -201,7 +251,9 @@ impl ImageService {
         }
         for doc in &docs {
             let d = parse_digest("document digest", &doc.digest)?;
-            self.content.put(&d, doc.text.as_bytes()).map_err(internal)?;
+            self.content
+                .put(&d, doc.text.as_bytes())
+                .map_err(internal)?;
         }
         let id = put.config.digest.clone();
         let _guard = self.refs_lock.lock().expect("refs lock");
@@ -214,10 +266,18 @@ impl ImageService {
             index_digest: put.index.as_ref().map(|i| i.digest.clone()),
             size: layers.iter().map(|l| l.unpacked_size).sum(),
             layers,
-            stored_at: previous.as_ref().map(|p| p.stored_at.clone()).unwrap_or(stamp.clone()),
+            stored_at: previous
+                .as_ref()
+                .map(|p| p.stored_at.clone())
+                .unwrap_or(stamp.clone()),
             last_tag_time: previous.and_then(|p| p.last_tag_time),
         };
-        let refs: Vec<String> = put.tag.iter().chain(put.repo_digest.iter()).cloned().collect();
+        let refs: Vec<String> = put
+            .tag
+            .iter()
+            .chain(put.repo_digest.iter())
+            .cloned()
+            .collect();
         self.meta.put_image(&record, &refs)?;
         drop(_guard);
         self.info(&id)
@@ -234,7 +294,10 @@ impl ImageService {
 
     fn to_info(&self, rec: ImageRecord, refs: Vec<String>) -> Result<ImageInfo, Error> {
         let config_digest = parse_digest("image id", &rec.id)?;
-        let config = self.content.read_all(&config_digest, MAX_DOCUMENT).map_err(internal)?;
+        let config = self
+            .content
+            .read_all(&config_digest, MAX_DOCUMENT)
+            .map_err(internal)?;
         let (repo_digests, repo_tags): (Vec<String>, Vec<String>) =
             refs.into_iter().partition(|r| r.contains('@'));
         Ok(ImageInfo {
@@ -274,8 +337,12 @@ impl ImageService {
             let p = prefix.strip_prefix("sha256:").unwrap_or(prefix);
             if !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 let p = format!("sha256:{}", p.to_ascii_lowercase());
-                let hits: Vec<String> =
-                    self.meta.image_ids()?.into_iter().filter(|id| id.starts_with(&p)).collect();
+                let hits: Vec<String> = self
+                    .meta
+                    .image_ids()?
+                    .into_iter()
+                    .filter(|id| id.starts_with(&p))
+                    .collect();
                 match hits.len() {
                     1 => return Ok(hits.into_iter().next().expect("one hit")),
                     0 => {}
@@ -288,8 +355,15 @@ impl ImageService {
                 }
             }
         }
-        let what = sel.name.as_deref().or(sel.id_prefix.as_deref()).unwrap_or("(nothing)");
-        Err(Error::new(ErrorCode::NotFound, format!("No such image: {what}")))
+        let what = sel
+            .name
+            .as_deref()
+            .or(sel.id_prefix.as_deref())
+            .unwrap_or("(nothing)");
+        Err(Error::new(
+            ErrorCode::NotFound,
+            format!("No such image: {what}"),
+        ))
     }
 
     pub fn inspect(&self, sel: &ImageSelector) -> Result<ImageInfo, Error> {
@@ -322,10 +396,14 @@ impl ImageService {
         if let Some(name) = untag.first().cloned() {
             let repo = repository_of(&name);
             let rest: Vec<&String> = all_refs.iter().filter(|r| **r != name).collect();
-            let repo_has_tags = rest.iter().any(|r| !r.contains('@') && repository_of(r) == repo);
+            let repo_has_tags = rest
+                .iter()
+                .any(|r| !r.contains('@') && repository_of(r) == repo);
             if !name.contains('@') && !repo_has_tags {
                 untag.extend(
-                    rest.iter().filter(|r| r.contains('@') && repository_of(r) == repo).map(|r| (*r).clone()),
+                    rest.iter()
+                        .filter(|r| r.contains('@') && repository_of(r) == repo)
+                        .map(|r| (*r).clone()),
                 );
             }
             let remaining = all_refs.iter().filter(|r| !untag.contains(r)).count();
@@ -379,7 +457,9 @@ impl ImageService {
         blobs.extend(removed.index_digest.clone());
         blobs.extend(removed.layers.iter().map(|l| l.digest.clone()));
         for b in blobs.iter().filter(|b| !used_blobs.contains(*b)) {
-            self.content.delete(&parse_digest("blob", b)?).map_err(internal)?;
+            self.content
+                .delete(&parse_digest("blob", b)?)
+                .map_err(internal)?;
         }
         let mut freed = Vec::new();
         for l in removed.layers.iter().rev() {
@@ -387,7 +467,9 @@ impl ImageService {
                 continue;
             }
             self.meta.remove_layer(&l.chain_id)?;
-            self.snapshots.remove(&parse_digest("chain id", &l.chain_id)?).map_err(internal)?;
+            self.snapshots
+                .remove(&parse_digest("chain id", &l.chain_id)?)
+                .map_err(internal)?;
             freed.push(l.chain_id.clone());
         }
         Ok(freed)
@@ -415,9 +497,16 @@ impl ImageService {
                     layers_size += l.unpacked_size;
                 }
             }
-            usage.push(ImageUsage { id: img.id.clone(), size: img.size, shared_size: shared });
+            usage.push(ImageUsage {
+                id: img.id.clone(),
+                size: img.size,
+                shared_size: shared,
+            });
         }
-        Ok(DiskUsage { layers_size, images: usage })
+        Ok(DiskUsage {
+            layers_size,
+            images: usage,
+        })
     }
 }
 
@@ -443,9 +532,21 @@ mod tests {
 
     #[test]
     fn repository_of_strips_tag_and_digest_but_not_port() {
-        assert_eq!(repository_of("docker.io/library/busybox:latest"), "docker.io/library/busybox");
-        assert_eq!(repository_of("127.0.0.1:15000/berth/hello:v2s2"), "127.0.0.1:15000/berth/hello");
-        assert_eq!(repository_of("127.0.0.1:15000/berth/hello@sha256:ab"), "127.0.0.1:15000/berth/hello");
-        assert_eq!(repository_of("127.0.0.1:15000/berth/hello"), "127.0.0.1:15000/berth/hello");
+        assert_eq!(
+            repository_of("docker.io/library/busybox:latest"),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:15000/berth/hello:v2s2"),
+            "127.0.0.1:15000/berth/hello"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:15000/berth/hello@sha256:ab"),
+            "127.0.0.1:15000/berth/hello"
+        );
+        assert_eq!(
+            repository_of("127.0.0.1:15000/berth/hello"),
+            "127.0.0.1:15000/berth/hello"
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 pub mod content;
 pub mod digest;
+pub mod images;
+pub mod meta;
+pub mod server;
 pub mod snapshot;
 pub mod unpack;
-pub mod meta;
-pub mod images;
-pub mod server;

@@ -177,7 +177,9 @@ impl MetaStore {
         let mut out: RefMap = BTreeMap::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.entry(v.value().to_string()).or_default().push(k.value().to_string());
+            out.entry(v.value().to_string())
+                .or_default()
+                .push(k.value().to_string());
         }
         Ok(out)
     }
@@ -187,7 +189,10 @@ impl MetaStore {
         let txn = self.db.begin_write()?;
         {
             let mut images = txn.open_table(IMAGES)?;
-            let rec = images.get(id)?.map(|v| decode::<ImageRecord>(id, v.value())).transpose()?;
+            let rec = images
+                .get(id)?
+                .map(|v| decode::<ImageRecord>(id, v.value()))
+                .transpose()?;
             if let Some(mut rec) = rec {
                 rec.last_tag_time = Some(now.to_string());
                 images.insert(id, encode(&rec).as_str())?;
@@ -220,8 +225,10 @@ fn encode<T: Serialize>(v: &T) -> String {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &str) -> Result<T, MetaError> {
-    serde_json::from_str(v)
-        .map_err(|e| MetaError::Corrupt { key: key.to_string(), message: e.to_string() })
+    serde_json::from_str(v).map_err(|e| MetaError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -247,18 +254,35 @@ mod tests {
         let path = dir.path().join("meta.redb");
         {
             let m = MetaStore::open(&path).unwrap();
-            m.put_image(&rec("sha256:a"), &["docker.io/library/x:latest".into()]).unwrap();
-            m.put_layer("sha256:c", &LayerRecord { diff_id: "sha256:d".into(), unpacked_size: 5 })
+            m.put_image(&rec("sha256:a"), &["docker.io/library/x:latest".into()])
                 .unwrap();
+            m.put_layer(
+                "sha256:c",
+                &LayerRecord {
+                    diff_id: "sha256:d".into(),
+                    unpacked_size: 5,
+                },
+            )
+            .unwrap();
         }
         let m = MetaStore::open(&path).unwrap();
-        assert_eq!(m.resolve_ref("docker.io/library/x:latest").unwrap().as_deref(), Some("sha256:a"));
+        assert_eq!(
+            m.resolve_ref("docker.io/library/x:latest")
+                .unwrap()
+                .as_deref(),
+            Some("sha256:a")
+        );
         assert_eq!(m.image("sha256:a").unwrap().unwrap(), rec("sha256:a"));
         assert_eq!(m.layer("sha256:c").unwrap().unwrap().unpacked_size, 5);
-        m.set_ref("docker.io/library/y:1", "sha256:a", "2026-02-02T00:00:00Z").unwrap();
+        m.set_ref("docker.io/library/y:1", "sha256:a", "2026-02-02T00:00:00Z")
+            .unwrap();
         assert_eq!(m.refs().unwrap()["sha256:a"].len(), 2);
-        m.remove(&["docker.io/library/x:latest".into()], Some("sha256:a")).unwrap();
+        m.remove(&["docker.io/library/x:latest".into()], Some("sha256:a"))
+            .unwrap();
         assert!(m.image("sha256:a").unwrap().is_none());
-        assert_eq!(m.refs().unwrap()["sha256:a"], vec!["docker.io/library/y:1".to_string()]);
+        assert_eq!(
+            m.refs().unwrap()["sha256:a"],
+            vec!["docker.io/library/y:1".to_string()]
+        );
     }
 }

@@ -27,6 +27,8 @@ impl Core {
     {
         let hello = match server_handshake(&mut stream, SOFTWARE).await {
             Ok(h) => h,
+            // A connection that closes before saying hello is a liveness probe.
+            Err(berth_proto::HandshakeError::Frame(FrameError::Closed)) => return,
             Err(e) => {
                 warn!("refused a connection: {e}");
                 return;
@@ -65,11 +67,14 @@ impl Core {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let id = frame.id;
-                let result = match tokio::task::spawn_blocking(move || core.handle(frame.request)).await
-                {
-                    Ok(r) => r,
-                    Err(e) => Err(Error::new(ErrorCode::Internal, format!("request panicked: {e}"))),
-                };
+                let result =
+                    match tokio::task::spawn_blocking(move || core.handle(frame.request)).await {
+                        Ok(r) => r,
+                        Err(e) => Err(Error::new(
+                            ErrorCode::Internal,
+                            format!("request panicked: {e}"),
+                        )),
+                    };
                 let _ = tx.send(ResponseFrame { id, result }).await;
             });
         }
@@ -83,14 +88,16 @@ impl Core {
         Ok(match req {
             Request::Ping => Response::Pong,
             Request::Info => Response::Info(self.info()),
-            Request::BlobsPresent { digests } => {
-                Response::Present { present: images.blobs_present(&digests)? }
-            }
-            Request::SnapshotsPresent { chain_ids } => {
-                Response::Present { present: images.snapshots_present(&chain_ids)? }
-            }
+            Request::BlobsPresent { digests } => Response::Present {
+                present: images.blobs_present(&digests)?,
+            },
+            Request::SnapshotsPresent { chain_ids } => Response::Present {
+                present: images.snapshots_present(&chain_ids)?,
+            },
             Request::ImagePut(put) => Response::Image(Box::new(images.put(&put)?)),
-            Request::ImageList => Response::Images { images: images.list()? },
+            Request::ImageList => Response::Images {
+                images: images.list()?,
+            },
             Request::ImageInspect { selector } => {
                 Response::Image(Box::new(images.inspect(&selector)?))
             }
@@ -98,9 +105,13 @@ impl Core {
                 images.tag(&selector, &target)?;
                 Response::Done
             }
-            Request::ImageRemove { selector, force, prune: _ } => {
-                Response::Removed { events: images.remove(&selector, force)? }
-            }
+            Request::ImageRemove {
+                selector,
+                force,
+                prune: _,
+            } => Response::Removed {
+                events: images.remove(&selector, force)?,
+            },
             Request::DiskUsage => Response::DiskUsage(images.disk_usage()?),
         })
     }
@@ -132,13 +143,22 @@ impl Core {
         let digest = bw.digest.clone();
         // The bridge borrows `limited`; scoped blocking keeps that borrow honest.
         let result = tokio::task::block_in_place(|| {
-            core.images.write_blob(bridge, &bw.digest, bw.size, &bw.media_type, bw.unpack.as_ref())
+            core.images.write_blob(
+                bridge,
+                &bw.digest,
+                bw.size,
+                &bw.media_type,
+                bw.unpack.as_ref(),
+            )
         });
         if result.is_err() {
             // Keep reading what the host still sends so it gets to read our answer.
             let _ = tokio::io::copy(&mut limited, &mut tokio::io::sink()).await;
         }
-        let result = result.map(|unpacked_size| BlobWritten { digest, unpacked_size });
+        let result = result.map(|unpacked_size| BlobWritten {
+            digest,
+            unpacked_size,
+        });
         if let Err(e) = &result {
             warn!("blob {} refused: {e}", bw.digest);
         }

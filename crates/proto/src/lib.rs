@@ -43,7 +43,12 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(software: impl Into<String>, channel: Channel) -> Hello {
-        Hello { protocol: "berth".into(), version: VERSION, software: software.into(), channel }
+        Hello {
+            protocol: "berth".into(),
+            version: VERSION,
+            software: software.into(),
+            channel,
+        }
     }
 }
 
@@ -105,15 +110,28 @@ pub enum Request {
     Ping,
     Info,
     /// Which of these blobs the store holds.
-    BlobsPresent { digests: Vec<String> },
+    BlobsPresent {
+        digests: Vec<String>,
+    },
     /// Which of these layer snapshots (by chain id) exist.
-    SnapshotsPresent { chain_ids: Vec<String> },
+    SnapshotsPresent {
+        chain_ids: Vec<String>,
+    },
     /// Record an image whose layers are all present; see [`ImagePut`].
     ImagePut(Box<ImagePut>),
     ImageList,
-    ImageInspect { selector: ImageSelector },
-    ImageTag { selector: ImageSelector, target: String },
-    ImageRemove { selector: ImageSelector, force: bool, prune: bool },
+    ImageInspect {
+        selector: ImageSelector,
+    },
+    ImageTag {
+        selector: ImageSelector,
+        target: String,
+    },
+    ImageRemove {
+        selector: ImageSelector,
+        force: bool,
+        prune: bool,
+    },
     DiskUsage,
 }
 
@@ -152,7 +170,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -255,11 +276,23 @@ where
 {
     let hello: Hello = read_frame(s).await?;
     if let Err(error) = check_hello(&hello, own_software) {
-        write_frame(s, &HelloReply::Refused { error: error.clone() }).await?;
+        write_frame(
+            s,
+            &HelloReply::Refused {
+                error: error.clone(),
+            },
+        )
+        .await?;
         return Err(HandshakeError::Refused(error));
     }
-    write_frame(s, &HelloReply::Welcome { version: VERSION, software: own_software.into() })
-        .await?;
+    write_frame(
+        s,
+        &HelloReply::Welcome {
+            version: VERSION,
+            software: own_software.into(),
+        },
+    )
+    .await?;
     Ok(hello)
 }
 
@@ -285,13 +318,27 @@ mod tests {
             assert_eq!(hello.channel, Channel::Control);
             let req: RequestFrame = read_frame(&mut b).await.unwrap();
             assert!(matches!(req.request, Request::Ping));
-            write_frame(&mut b, &ResponseFrame { id: req.id, result: Ok(Response::Pong) })
-                .await
-                .unwrap();
+            write_frame(
+                &mut b,
+                &ResponseFrame {
+                    id: req.id,
+                    result: Ok(Response::Pong),
+                },
+            )
+            .await
+            .unwrap();
         });
         let sw = client_handshake(&mut a, &Hello::new("host-test", Channel::Control)).await;
         assert_eq!(sw.unwrap(), "core-test");
-        write_frame(&mut a, &RequestFrame { id: 7, request: Request::Ping }).await.unwrap();
+        write_frame(
+            &mut a,
+            &RequestFrame {
+                id: 7,
+                request: Request::Ping,
+            },
+        )
+        .await
+        .unwrap();
         let resp: ResponseFrame = read_frame(&mut a).await.unwrap();
         assert_eq!(resp.id, 7);
         assert!(matches!(resp.result, Ok(Response::Pong)));
@@ -305,9 +352,15 @@ mod tests {
         let mut hello = Hello::new("host-test", Channel::Control);
         hello.version = 9;
         let err = client_handshake(&mut a, &hello).await.unwrap_err();
-        let HandshakeError::Refused(e) = err else { panic!("expected refusal, got {err}") };
+        let HandshakeError::Refused(e) = err else {
+            panic!("expected refusal, got {err}")
+        };
         assert_eq!(e.code, ErrorCode::VersionMismatch);
-        assert!(e.message.contains("v9") && e.message.contains("v1"), "{}", e.message);
+        assert!(
+            e.message.contains("v9") && e.message.contains("v1"),
+            "{}",
+            e.message
+        );
         assert!(server.await.unwrap().is_err());
     }
 

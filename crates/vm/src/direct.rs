@@ -37,7 +37,10 @@ impl DirectBackend {
     pub fn new(config: DirectConfig) -> DirectBackend {
         DirectBackend {
             config,
-            inner: Arc::new(Mutex::new(Inner { state: VmState::Stopped, child: None })),
+            inner: Arc::new(Mutex::new(Inner {
+                state: VmState::Stopped,
+                child: None,
+            })),
         }
     }
 
@@ -46,7 +49,10 @@ impl DirectBackend {
     }
 
     async fn start_inner(&self) -> Result<(), VmError> {
-        let start_err = |message: String| VmError::Start { backend: "direct", message };
+        let start_err = |message: String| VmError::Start {
+            backend: "direct",
+            message,
+        };
         if !self.config.core_binary.is_file() {
             return Err(start_err(format!(
                 "berth-core binary not found at {}",
@@ -71,14 +77,19 @@ impl DirectBackend {
             });
         }
         let child = cmd.spawn().map_err(|e| {
-            start_err(format!("spawning {}: {e}", self.config.core_binary.display()))
+            start_err(format!(
+                "spawning {}: {e}",
+                self.config.core_binary.display()
+            ))
         })?;
         self.inner.lock().expect("state lock").child = Some(child);
 
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
         loop {
             if let Some(status) = self.try_wait_child() {
-                return Err(start_err(format!("berth-core exited during start: {status}")));
+                return Err(start_err(format!(
+                    "berth-core exited during start: {status}"
+                )));
             }
             if UnixStream::connect(&self.config.socket).await.is_ok() {
                 return Ok(());
@@ -141,7 +152,10 @@ impl VmBackend for DirectBackend {
                         nix::sys::signal::Signal::SIGTERM,
                     );
                 }
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                    .await
+                    .is_err()
+                {
                     let _ = child.kill().await;
                 }
             }
@@ -164,7 +178,10 @@ impl VmBackend for DirectBackend {
         Box::pin(async move {
             let state = self.state();
             if state != VmState::Running {
-                return Err(VmError::NotRunning { backend: "direct", state });
+                return Err(VmError::NotRunning {
+                    backend: "direct",
+                    state,
+                });
             }
             let s = UnixStream::connect(&self.config.socket)
                 .await

@@ -46,16 +46,25 @@ impl std::fmt::Display for VmState {
 pub enum VmError {
     /// the backend could not start
     #[error("cannot start the {backend} backend: {message}")]
-    Start { backend: &'static str, message: String },
+    Start {
+        backend: &'static str,
+        message: String,
+    },
     /// the backend is not running
     #[error("the {backend} backend is not running ({state})")]
-    NotRunning { backend: &'static str, state: VmState },
+    NotRunning {
+        backend: &'static str,
+        state: VmState,
+    },
     /// dialing the guest failed
     #[error("cannot reach port {port} in the guest: {source}")]
     Dial { port: u32, source: std::io::Error },
     /// other i/o
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// A machine that runs `berth-core`.

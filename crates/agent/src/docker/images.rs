@@ -27,7 +27,10 @@ fn registry_error(reference: &Reference, e: &RegistryError) -> ApiError {
         ));
     }
     if e.is_not_found() {
-        return ApiError::not_found(format!("manifest for {} not found: {e}", familiar(&reference.to_string())));
+        return ApiError::not_found(format!(
+            "manifest for {} not found: {e}",
+            familiar(&reference.to_string())
+        ));
     }
     if let RegistryError::NoMatchingPlatform { .. } = e {
         return ApiError::not_found(e.to_string());
@@ -38,13 +41,19 @@ fn registry_error(reference: &Reference, e: &RegistryError) -> ApiError {
 fn parse_platform(s: &str) -> Result<Platform, ApiError> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
-        [os, arch] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
+        [os, arch] => Ok(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: None,
+        }),
         [os, arch, variant] => Ok(Platform {
             os: os.to_string(),
             architecture: arch.to_string(),
             variant: Some(variant.to_string()),
         }),
-        _ => Err(ApiError::bad_request(format!("invalid platform {s:?}: want os/arch[/variant]"))),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid platform {s:?}: want os/arch[/variant]"
+        ))),
     }
 }
 
@@ -52,7 +61,10 @@ fn progress_line(p: &Progress) -> Bytes {
     let mut v = Map::new();
     v.insert("status".into(), Value::String(p.status.clone()));
     if let Some((cur, total)) = p.current {
-        v.insert("progressDetail".into(), json!({ "current": cur, "total": total }));
+        v.insert(
+            "progressDetail".into(),
+            json!({ "current": cur, "total": total }),
+        );
         v.insert("progress".into(), Value::String(progress_bar(cur, total)));
     } else if p.id.is_some() {
         v.insert("progressDetail".into(), json!({}));
@@ -66,8 +78,9 @@ fn progress_line(p: &Progress) -> Bytes {
 }
 
 fn error_line(message: &str) -> Bytes {
-    let mut b = serde_json::to_vec(&json!({ "errorDetail": { "message": message }, "error": message }))
-        .expect("serialisable");
+    let mut b =
+        serde_json::to_vec(&json!({ "errorDetail": { "message": message }, "error": message }))
+            .expect("serialisable");
     b.extend_from_slice(b"\r\n");
     Bytes::from(b)
 }
@@ -80,12 +93,19 @@ fn human(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n}B") } else { format!("{v:.3}{}", units[u]) }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.3}{}", units[u])
+    }
 }
 
 fn progress_bar(cur: u64, total: u64) -> String {
     let width = 50u64;
-    let filled = if total == 0 { width } else { (cur.min(total) * width / total).min(width) };
+    let filled = (cur.min(total) * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     let mut bar = "=".repeat(filled as usize);
     if filled < width {
         bar.push('>');
@@ -98,11 +118,15 @@ fn progress_bar(cur: u64, total: u64) -> String {
 /// that, progress streams and a failure is the stream's last line, as with dockerd.
 pub async fn create(daemon: Arc<Daemon>, q: &Query, auth: Option<&str>) -> ApiResult {
     if q.get("fromSrc").is_some() {
-        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "docker import is not supported yet"));
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "docker import is not supported yet",
+        ));
     }
-    let from = q.get("fromImage").filter(|s| !s.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("fromImage is required")
-    })?;
+    let from = q
+        .get("fromImage")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("fromImage is required"))?;
     let tag = q.get("tag").unwrap_or("");
     let text = if tag.is_empty() {
         from.to_string()
@@ -118,10 +142,12 @@ pub async fn create(daemon: Arc<Daemon>, q: &Query, auth: Option<&str>) -> ApiRe
     };
     let creds = auth.and_then(super::system::decode_registry_auth);
     let registry = daemon.registry_for_pull(&reference, creds)?;
-    let resolved = pull::resolve(&registry, &reference, &platform).await.map_err(|e| match e {
-        PullError::Registry(e) => registry_error(&reference, &e),
-        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-    })?;
+    let resolved = pull::resolve(&registry, &reference, &platform)
+        .await
+        .map_err(|e| match e {
+            PullError::Registry(e) => registry_error(&reference, &e),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
 
     let (line_tx, line_rx) = mpsc::channel::<Bytes>(64);
     let (ptx, mut prx) = mpsc::channel::<Progress>(256);
@@ -154,7 +180,10 @@ async fn list_infos(daemon: &Daemon) -> Result<Vec<ImageInfo>, ApiError> {
 }
 
 fn unexpected(r: Response) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer from the core: {r:?}"))
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer from the core: {r:?}"),
+    )
 }
 
 fn config_of(info: &ImageInfo) -> Value {
@@ -187,17 +216,18 @@ fn summary(info: &ImageInfo, shared: Option<u64>, containers: i64) -> Value {
 }
 
 /// Docker's reference filter: a glob over the familiar name with and without the tag.
-fn reference_matches(pattern: &str, refs: &[String]) -> bool {
-    refs.iter().any(|r| {
+fn ref_matches(pattern: &str, r: &str) -> bool {
+    {
         let f = familiar(r);
-        let name = f.split_once('@').map(|(n, _)| n.to_string()).unwrap_or_else(|| {
-            match f.rfind(':') {
+        let name = f
+            .split_once('@')
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_else(|| match f.rfind(':') {
                 Some(i) if !f[i..].contains('/') => f[..i].to_string(),
                 _ => f.clone(),
-            }
-        });
+            });
         glob(pattern, &f) || glob(pattern, &name)
-    })
+    }
 }
 
 /// path.Match-style glob: `*` and `?` do not cross '/'.
@@ -205,7 +235,9 @@ fn glob(pattern: &str, s: &str) -> bool {
     fn go(p: &[u8], s: &[u8]) -> bool {
         match p.first() {
             None => s.is_empty(),
-            Some(b'*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != b'/').any(|i| go(&p[1..], &s[i..])),
+            Some(b'*') => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != b'/')
+                .any(|i| go(&p[1..], &s[i..])),
             Some(b'?') => !s.is_empty() && s[0] != b'/' && go(&p[1..], &s[1..]),
             Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
         }
@@ -230,16 +262,24 @@ pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
                 continue;
             }
         }
+        let mut info = info.clone();
         if let Some(pats) = filters.get("reference") {
-            let mut refs = info.repo_tags.clone();
-            refs.extend(info.repo_digests.iter().cloned());
-            if !pats.iter().any(|p| reference_matches(p, &refs)) {
+            // As dockerd does, only the matching names are listed for a matching image.
+            let keep = |r: &String| pats.iter().any(|p| ref_matches(p, r));
+            info.repo_tags.retain(keep);
+            info.repo_digests.retain(keep);
+            if info.repo_tags.is_empty() && info.repo_digests.is_empty() {
                 continue;
             }
         }
+        let info = &info;
         if let Some(labels) = filters.get("label") {
             let cfg = config_of(info);
-            let have = cfg.pointer("/config/Labels").and_then(Value::as_object).cloned().unwrap_or_default();
+            let have = cfg
+                .pointer("/config/Labels")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             let ok = labels.iter().all(|l| match l.split_once('=') {
                 Some((k, v)) => have.get(k).and_then(Value::as_str) == Some(v),
                 None => have.contains_key(l),
@@ -256,7 +296,11 @@ pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
 
 async fn find(daemon: &Daemon, name: &str) -> Result<ImageInfo, ApiError> {
     let sel = selector(name).map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
-    match daemon.core.call(Request::ImageInspect { selector: sel }).await {
+    match daemon
+        .core
+        .call(Request::ImageInspect { selector: sel })
+        .await
+    {
         Ok(Response::Image(i)) => Ok(*i),
         Ok(other) => Err(unexpected(other)),
         Err(e) if e.code == berth_proto::ErrorCode::NotFound => {
@@ -309,7 +353,13 @@ fn container_config(config: &Value) -> Value {
 pub async fn inspect(daemon: &Daemon, name: &str) -> ApiResult {
     let info = find(daemon, name).await?;
     let config = config_of(&info);
-    let s = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| {
+        config
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let mut v = json!({
         "Id": info.id,
         "RepoTags": info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
@@ -342,12 +392,23 @@ pub async fn inspect(daemon: &Daemon, name: &str) -> ApiResult {
 pub async fn history(daemon: &Daemon, name: &str) -> ApiResult {
     let info = find(daemon, name).await?;
     let config = config_of(&info);
-    let entries = config.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = config
+        .get("history")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut layer = info.layers.iter();
     let mut out = Vec::new();
     for h in &entries {
-        let empty = h.get("empty_layer").and_then(Value::as_bool).unwrap_or(false);
-        let size = if empty { 0 } else { layer.next().map(|l| l.unpacked_size).unwrap_or(0) };
+        let empty = h
+            .get("empty_layer")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let size = if empty {
+            0
+        } else {
+            layer.next().map(|l| l.unpacked_size).unwrap_or(0)
+        };
         let created = h
             .get("created")
             .and_then(Value::as_str)
@@ -367,24 +428,43 @@ pub async fn history(daemon: &Daemon, name: &str) -> ApiResult {
     if let Some(top) = out.first_mut() {
         top["Id"] = json!(info.id);
         let tags: Vec<String> = info.repo_tags.iter().map(|r| familiar(r)).collect();
-        top["Tags"] = if tags.is_empty() { Value::Null } else { json!(tags) };
+        top["Tags"] = if tags.is_empty() {
+            Value::Null
+        } else {
+            json!(tags)
+        };
     }
     Ok(json(StatusCode::OK, &out))
 }
 
 pub async fn tag(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
-    let repo = q.get("repo").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("repo is required"))?;
+    let repo = q
+        .get("repo")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("repo is required"))?;
     let text = match q.get("tag").filter(|s| !s.is_empty()) {
         Some(t) => format!("{repo}:{t}"),
         None => repo.to_string(),
     };
     let target = parse_ref(&text)?;
     if target.digest.is_some() {
-        return Err(ApiError::bad_request("refusing to create a tag with a digest reference"));
+        return Err(ApiError::bad_request(
+            "refusing to create a tag with a digest reference",
+        ));
     }
     let info = find(daemon, name).await?;
-    let sel = berth_proto::ImageSelector { name: None, id_prefix: Some(info.id.clone()) };
-    match daemon.core.call(Request::ImageTag { selector: sel, target: target.to_string() }).await? {
+    let sel = berth_proto::ImageSelector {
+        name: None,
+        id_prefix: Some(info.id.clone()),
+    };
+    match daemon
+        .core
+        .call(Request::ImageTag {
+            selector: sel,
+            target: target.to_string(),
+        })
+        .await?
+    {
         Response::Done => Ok(super::empty(StatusCode::CREATED)),
         other => Err(unexpected(other)),
     }
@@ -392,7 +472,11 @@ pub async fn tag(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
 
 pub async fn remove(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
     let sel = selector(name).map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
-    let req = Request::ImageRemove { selector: sel, force: q.bool("force"), prune: !q.bool("noprune") };
+    let req = Request::ImageRemove {
+        selector: sel,
+        force: q.bool("force"),
+        prune: !q.bool("noprune"),
+    };
     match daemon.core.call(req).await {
         Ok(Response::Removed { events }) => {
             let out: Vec<Value> = events
@@ -418,9 +502,15 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         other => return Err(unexpected(other)),
     };
     let infos = list_infos(daemon).await?;
-    let shared: HashMap<&str, u64> = usage.images.iter().map(|u| (u.id.as_str(), u.shared_size)).collect();
-    let images: Vec<Value> =
-        infos.iter().map(|i| summary(i, shared.get(i.id.as_str()).copied(), 0)).collect();
+    let shared: HashMap<&str, u64> = usage
+        .images
+        .iter()
+        .map(|u| (u.id.as_str(), u.shared_size))
+        .collect();
+    let images: Vec<Value> = infos
+        .iter()
+        .map(|i| summary(i, shared.get(i.id.as_str()).copied(), 0))
+        .collect();
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -439,19 +529,23 @@ mod tests {
 
     #[test]
     fn globbing_like_docker_reference_filter() {
-        let refs = vec!["docker.io/library/busybox:latest".to_string()];
-        assert!(reference_matches("busybox", &refs));
-        assert!(reference_matches("busybox:latest", &refs));
-        assert!(reference_matches("busy*", &refs));
-        assert!(!reference_matches("busybox:1", &refs));
-        let refs = vec!["127.0.0.1:15000/berth/hello:v2s2".to_string()];
-        assert!(reference_matches("127.0.0.1:15000/berth/*", &refs));
-        assert!(!reference_matches("*", &refs));
+        let r = "docker.io/library/busybox:latest";
+        assert!(ref_matches("busybox", r));
+        assert!(ref_matches("busybox:latest", r));
+        assert!(ref_matches("busy*", r));
+        assert!(!ref_matches("busybox:1", r));
+        let r = "127.0.0.1:15000/berth/hello:v2s2";
+        assert!(ref_matches("127.0.0.1:15000/berth/*", r));
+        assert!(!ref_matches("*", r));
     }
 
     #[test]
     fn progress_lines_have_docker_shape() {
-        let p = Progress { id: Some("abc".into()), status: "Downloading".into(), current: Some((5, 10)) };
+        let p = Progress {
+            id: Some("abc".into()),
+            status: "Downloading".into(),
+            current: Some((5, 10)),
+        };
         let v: Value = serde_json::from_slice(&progress_line(&p)).unwrap();
         assert_eq!(v["progressDetail"]["current"], 5);
         assert_eq!(v["id"], "abc");

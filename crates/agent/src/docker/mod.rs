@@ -35,7 +35,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -53,7 +56,9 @@ impl From<berth_proto::Error> for ApiError {
             NotFound => StatusCode::NOT_FOUND,
             AlreadyExists | Conflict => StatusCode::CONFLICT,
             Unsupported => StatusCode::NOT_IMPLEMENTED,
-            InvalidState | DataLoss | VersionMismatch | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            InvalidState | DataLoss | VersionMismatch | Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         ApiError::new(status, e.message)
     }
@@ -75,13 +80,18 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 }
 
 pub fn empty(status: StatusCode) -> Resp {
-    Response::builder().status(status).body(full(Bytes::new())).expect("valid response")
+    Response::builder()
+        .status(status)
+        .body(full(Bytes::new()))
+        .expect("valid response")
 }
 
 /// A streamed JSON-lines answer (progress streams); the sender writes whole lines.
 pub fn json_stream(rx: mpsc::Receiver<Bytes>) -> Resp {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -95,7 +105,11 @@ pub struct Query(HashMap<String, String>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Query {
-        Query(url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
@@ -111,15 +125,22 @@ impl Query {
         };
         let v: serde_json::Value = serde_json::from_str(raw)
             .map_err(|e| ApiError::bad_request(format!("invalid filter: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
         let mut out = HashMap::new();
         for (k, vals) in obj {
             let list = match vals {
                 serde_json::Value::Object(m) => m.keys().cloned().collect(),
-                serde_json::Value::Array(a) => {
-                    a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid filter value for {k:?}"
+                    )))
                 }
-                _ => return Err(ApiError::bad_request(format!("invalid filter value for {k:?}"))),
             };
             out.insert(k.clone(), list);
         }
@@ -129,16 +150,25 @@ impl Query {
 
 /// Strips `/v1.45` style prefixes; an unsupported version is an error, as with dockerd.
 fn strip_version(path: &str) -> Result<&str, ApiError> {
-    let Some(rest) = path.strip_prefix("/v") else { return Ok(path) };
+    let Some(rest) = path.strip_prefix("/v") else {
+        return Ok(path);
+    };
     let (ver, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let Some((maj, min)) = ver.split_once('.') else { return Ok(path) };
-    let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else { return Ok(path) };
+    let Some((maj, min)) = ver.split_once('.') else {
+        return Ok(path);
+    };
+    let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else {
+        return Ok(path);
+    };
     let parse = |s: &str| {
         let (a, b) = s.split_once('.').expect("constant has a dot");
-        (a.parse::<u32>().expect("number"), b.parse::<u32>().expect("number"))
+        (
+            a.parse::<u32>().expect("number"),
+            b.parse::<u32>().expect("number"),
+        )
     };
     if (maj, min) > parse(API_VERSION) {
         return Err(ApiError::bad_request(format!(
@@ -223,7 +253,11 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             return images::remove(&daemon, rest, &query).await;
         }
     }
-    if p.starts_with("/containers/") && m == Method::GET && p.ends_with("/json") && p != "/containers/json" {
+    if p.starts_with("/containers/")
+        && m == Method::GET
+        && p.ends_with("/json")
+        && p != "/containers/json"
+    {
         // `docker inspect NAME` asks for a container first; there are none yet.
         let name = &p["/containers/".len()..p.len() - "/json".len()];
         return Err(ApiError::not_found(format!("No such container: {name}")));
@@ -272,8 +306,14 @@ mod tests {
         assert_eq!(strip_version("/v1.45/images/json").unwrap(), "/images/json");
         assert_eq!(strip_version("/v1.24/_ping").unwrap(), "/_ping");
         assert_eq!(strip_version("/images/json").unwrap(), "/images/json");
-        assert!(strip_version("/v1.99/images/json").unwrap_err().message.contains("too new"));
-        assert!(strip_version("/v1.12/images/json").unwrap_err().message.contains("too old"));
+        assert!(strip_version("/v1.99/images/json")
+            .unwrap_err()
+            .message
+            .contains("too new"));
+        assert!(strip_version("/v1.12/images/json")
+            .unwrap_err()
+            .message
+            .contains("too old"));
     }
 
     #[test]

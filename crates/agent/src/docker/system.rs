@@ -24,12 +24,18 @@ pub fn ping(head: bool) -> Resp {
         .header(header::CACHE_CONTROL, "no-cache, no-store, must-revalidate")
         .header(header::PRAGMA, "no-cache")
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(full(if head { Bytes::new() } else { Bytes::from_static(b"OK") }))
+        .body(full(if head {
+            Bytes::new()
+        } else {
+            Bytes::from_static(b"OK")
+        }))
         .expect("valid response")
 }
 
 fn kernel() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn go_arch() -> &'static str {
@@ -65,11 +71,18 @@ pub async fn info(daemon: &Daemon) -> ApiResult {
         Ok(Response::Info(i)) => Some(i),
         _ => None,
     };
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mem_total = nix::sys::sysinfo::sysinfo().map(|s| s.ram_total()).unwrap_or(0);
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_total = nix::sys::sysinfo::sysinfo()
+        .map(|s| s.ram_total())
+        .unwrap_or(0);
     let settings = daemon.registry_settings();
-    let hub_mirrors: Vec<String> =
-        settings.mirrors.get("docker.io").map(|m| m.iter().map(|u| u.to_string()).collect()).unwrap_or_default();
+    let hub_mirrors: Vec<String> = settings
+        .mirrors
+        .get("docker.io")
+        .map(|m| m.iter().map(|u| u.to_string()).collect())
+        .unwrap_or_default();
     let mut insecure = vec!["127.0.0.0/8".to_string()];
     insecure.extend(settings.insecure.iter().cloned());
     Ok(json(
@@ -114,10 +127,17 @@ struct AuthConfig {
 /// The registry host a `serveraddress` names: Docker Hub's legacy index URL means docker.io.
 pub fn registry_host(server_address: &str) -> String {
     let s = server_address.trim();
-    if s.is_empty() || s.contains("index.docker.io") || s == "docker.io" || s.contains("registry-1.docker.io") {
+    if s.is_empty()
+        || s.contains("index.docker.io")
+        || s == "docker.io"
+        || s.contains("registry-1.docker.io")
+    {
         return "docker.io".into();
     }
-    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
     s.split('/').next().unwrap_or(s).to_string()
 }
 
@@ -126,25 +146,39 @@ pub fn decode_registry_auth(header: &str) -> Option<Credentials> {
     let h = header.trim();
     let bytes = base64::engine::general_purpose::URL_SAFE
         .decode(h)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('='))
+        })
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(h))
         .ok()?;
     let a: AuthConfig = serde_json::from_slice(&bytes).ok()?;
-    (!a.username.is_empty()).then_some(Credentials { username: a.username, password: a.password })
+    (!a.username.is_empty()).then_some(Credentials {
+        username: a.username,
+        password: a.password,
+    })
 }
 
 pub async fn auth(daemon: &Daemon, body: &[u8]) -> ApiResult {
     let a: AuthConfig = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid auth configuration: {e}")))?;
     let host = registry_host(&a.server_address);
-    let creds = Credentials { username: a.username, password: a.password };
+    let creds = Credentials {
+        username: a.username,
+        password: a.password,
+    };
     match daemon.registry().check_login(&host, &creds).await {
-        Ok(()) => Ok(json(StatusCode::OK, &json!({ "Status": "Login Succeeded", "IdentityToken": "" }))),
+        Ok(()) => Ok(json(
+            StatusCode::OK,
+            &json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
+        )),
         Err(e) if e.is_auth() => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("login attempt to {host} failed: {e}"),
         )),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("login to {host}: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("login to {host}: {e}"),
+        )),
     }
 }
 
@@ -156,7 +190,10 @@ mod tests {
     fn registry_hosts() {
         assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_host("127.0.0.1:15001"), "127.0.0.1:15001");
-        assert_eq!(registry_host("http://127.0.0.1:15001/v2/"), "127.0.0.1:15001");
+        assert_eq!(
+            registry_host("http://127.0.0.1:15001/v2/"),
+            "127.0.0.1:15001"
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
         // Write the name bytes directly: the tar crate refuses ".." in set_path, a liar does not.
         let raw = &mut h.as_old_mut().name;
@@ -68,11 +70,20 @@ fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 pub fn build(lie: Lie) -> Image {
     let tar = if lie == Lie::EscapingLayer {
-        tar_with(&[("ok.txt", b"fine\n"), ("../../../../../../tmp/berth-liar-escaped", b"pwned\n")])
+        tar_with(&[
+            ("ok.txt", b"fine\n"),
+            ("../../../../../../tmp/berth-liar-escaped", b"pwned\n"),
+        ])
     } else {
-        tar_with(&[("hello.txt", b"hello from a lying registry\n")])
+        // Each lie serves its own content, so no layer is shared with another liar's image.
+        let text = format!("hello from a registry that lies: {lie:?}\n");
+        tar_with(&[("hello.txt", text.as_bytes())])
     };
-    let diff_id = if lie == Lie::WrongDiffId { digest(b"something else") } else { digest(&tar) };
+    let diff_id = if lie == Lie::WrongDiffId {
+        digest(b"something else")
+    } else {
+        digest(&tar)
+    };
     let layer = gzip(&tar);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
@@ -88,7 +99,11 @@ pub fn build(lie: Lie) -> Image {
         "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&layer), "size": layer.len() }],
     }))
     .unwrap();
-    Image { manifest, config, layer }
+    Image {
+        manifest,
+        config,
+        layer,
+    }
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -100,24 +115,41 @@ fn full(status: StatusCode, b: impl Into<Bytes>) -> Response<Body> {
         .unwrap()
 }
 
-async fn serve(lie: Lie, img: Arc<Image>, req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
+async fn serve(
+    lie: Lie,
+    img: Arc<Image>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let authed = req.headers().contains_key("authorization");
     if lie == Lie::UnauthorizedAfterLogin {
         if path == "/v2/" && authed {
             return Ok(full(StatusCode::OK, "{}"));
         }
-        let mut r = full(StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#);
-        r.headers_mut().insert("www-authenticate", "Basic realm=\"liar\"".parse().unwrap());
+        let mut r = full(
+            StatusCode::UNAUTHORIZED,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+        );
+        r.headers_mut()
+            .insert("www-authenticate", "Basic realm=\"liar\"".parse().unwrap());
         return Ok(r);
     }
     if path == "/v2/" {
         return Ok(full(StatusCode::OK, "{}"));
     }
     if path.contains("/manifests/") {
-        let body = if lie == Lie::MalformedManifest { b"{\"schemaVersion\": 2, \"layers\": [".to_vec() } else { img.manifest.clone() };
+        let body = if lie == Lie::MalformedManifest {
+            b"{\"schemaVersion\": 2, \"layers\": [".to_vec()
+        } else {
+            img.manifest.clone()
+        };
         let mut r = full(StatusCode::OK, body);
-        r.headers_mut().insert("content-type", "application/vnd.oci.image.manifest.v1+json".parse().unwrap());
+        r.headers_mut().insert(
+            "content-type",
+            "application/vnd.oci.image.manifest.v1+json"
+                .parse()
+                .unwrap(),
+        );
         return Ok(r);
     }
     if let Some(d) = path.split("/blobs/").nth(1) {
@@ -150,7 +182,10 @@ async fn serve(lie: Lie, img: Arc<Image>, req: Request<hyper::body::Incoming>) -
             }
             return Ok(full(StatusCode::OK, layer));
         }
-        return Ok(full(StatusCode::NOT_FOUND, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#));
+        return Ok(full(
+            StatusCode::NOT_FOUND,
+            r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown"}]}"#,
+        ));
     }
     Ok(full(StatusCode::NOT_FOUND, "{}"))
 }
@@ -160,7 +195,10 @@ pub fn start(lie: Lie) -> String {
     let img = Arc::new(build(lie));
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
@@ -169,7 +207,9 @@ pub fn start(lie: Lie) -> String {
                 let img = img.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| serve(lie, img.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
                 });
             }
         });

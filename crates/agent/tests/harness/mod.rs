@@ -20,7 +20,12 @@ pub fn fixtures() -> HashMap<String, String> {
         .unwrap_or_else(|e| panic!("reading {}: {e}", Path::new(&path).display()));
     text.lines()
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').trim_matches('\'').to_string()))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.trim().trim_matches('"').trim_matches('\'').to_string(),
+            )
+        })
         .collect()
 }
 
@@ -29,7 +34,11 @@ pub fn fixture_image(registry: &str, repo: &str, tag: &str) -> Value {
     let fx = fixtures();
     let path = &fx["BERTH_FIX_IMAGES"];
     let all: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let list = all.as_array().cloned().or_else(|| all["images"].as_array().cloned()).expect("images list");
+    let list = all
+        .as_array()
+        .cloned()
+        .or_else(|| all["images"].as_array().cloned())
+        .expect("images list");
     list.into_iter()
         .find(|i| i["registry"] == registry && i["repo"] == repo && i["tag"] == tag)
         .unwrap_or_else(|| panic!("no fixture {registry} {repo}:{tag} in {path}"))
@@ -39,7 +48,10 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BERTH_BIN_DIR") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_BIN_EXE_berthd")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_BIN_EXE_berthd"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub struct Berthd {
@@ -58,7 +70,13 @@ impl Berthd {
         std::fs::create_dir_all(dir.path().join("docker-config")).unwrap();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(&socket, &data_root, &args, dir.path());
-        let mut d = Berthd { child, dir, socket, data_root, args };
+        let mut d = Berthd {
+            child,
+            dir,
+            socket,
+            data_root,
+            args,
+        };
         d.wait_ready();
         d
     }
@@ -67,7 +85,8 @@ impl Berthd {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
                 panic!("berthd exited at start ({status}):\n{log}");
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
@@ -75,7 +94,10 @@ impl Berthd {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "berthd did not answer within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not answer within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -107,13 +129,21 @@ impl Berthd {
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default();
             panic!(
                 "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}\nberthd log (tail):\n{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                log.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -121,7 +151,11 @@ impl Berthd {
 }
 
 fn spawn(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("berthd.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("berthd.log"))
+        .unwrap();
     Command::new(bin_dir().join("berthd"))
         .arg("--socket")
         .arg(socket)
@@ -153,6 +187,13 @@ impl Drop for Berthd {
 }
 
 fn nix_kill_term(pid: u32) -> std::io::Result<()> {
-    let st = Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
-    if st.success() { Ok(()) } else { Err(std::io::Error::other("kill failed")) }
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
 }
