@@ -36,7 +36,8 @@ ensure_rust() {
 # What berthd and berth-core need at run time on the direct backend.
 RUNTIME_APT=(ca-certificates)
 # What the tests and fixtures need on top.
-TEST_APT=(docker-registry skopeo umoci busybox-static apache2-utils jq openssl zstd gcc libc6-dev python3 curl)
+# docker.io: Debian's dockerd 20.10, the reference the tests compare with (started by hand).
+TEST_APT=(docker-registry skopeo umoci busybox-static apache2-utils jq openssl zstd python3 curl docker.io)
 
 build_workspace() {
   say "building (target dir $CARGO_TARGET_DIR)"

@@ -103,7 +103,8 @@ pub async fn fetch(
         .clone()
         .or(reference.digest.clone())
         .unwrap_or_default();
-    let repo_path = familiar(&reference.name());
+    // As dockerd: the repository path without the registry ("library/busybox").
+    let repo_path = &reference.repository;
     send(Progress::line(
         Some(&tag_or_digest),
         format!("Pulling from {repo_path}"),

@@ -343,3 +343,142 @@ fn socket_is_owner_only_and_version_negotiates() {
     let info = d.docker_ok(&["info", "--format", "{{.OperatingSystem}}"]);
     assert!(info.contains("Berth"), "{info}");
 }
+
+/// The edge-case image, merged by the kernel's overlayfs exactly as a container will see it,
+/// matches the tree the fixture script says it should have (whiteouts, opaque dirs, file↔dir
+/// replacement, links, modes, owners, FIFO, xattr, long and unicode names).
+#[test]
+fn the_layers_fixture_merges_to_the_expected_tree() {
+    use sha2::{Digest as _, Sha256};
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let name = format!("{}/berth/layers:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", &name]);
+    let v: Value = serde_json::from_str(&d.docker_ok(&["image", "inspect", &name])).unwrap();
+    let mut chain: Option<String> = None;
+    let mut lowers = Vec::new();
+    for diff in v[0]["RootFS"]["Layers"].as_array().unwrap() {
+        let diff = diff.as_str().unwrap();
+        let next = match &chain {
+            None => diff.to_string(),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {diff}")))
+            ),
+        };
+        let dir = d
+            .data_root
+            .join("core/snapshots")
+            .join(&next[7..])
+            .join("diff");
+        assert!(dir.is_dir(), "snapshot {next} is at {}", dir.display());
+        lowers.push(dir.display().to_string());
+        chain = Some(next);
+    }
+    lowers.reverse();
+    let merged = d.dir.path().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!("lowerdir={}", lowers.join(":")),
+        ])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting the overlay (needs root)");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new("python3")
+        .arg(repo.join("fixtures/check_tree.py"))
+        .arg(&merged)
+        .arg(&fx["BERTH_FIX_LAYERS_EXPECTED"])
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("umount").arg(&merged).status();
+    assert!(
+        out.status.success(),
+        "merged tree differs from the expected one:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The same images pulled into Debian's dockerd 20.10 and into Berth: `images`, `inspect` and
+/// `history` agree on what matters (ids, digests, sizes, config, layers, history).
+#[test]
+fn images_inspect_and_history_match_dockerd() {
+    let fx = fixtures();
+    let open = fx["BERTH_FIX_OPEN"].clone();
+    let berth = Berthd::start(&[]);
+    let dockerd = harness::Dockerd::start(&[&open]);
+    let names: Vec<String> = [
+        "berth/hello:latest",
+        "berth/hello:v2s2",
+        "berth/busybox:latest",
+        "berth/layers:latest",
+        "berth/layers:v2s2",
+        "berth/multiarch:latest",
+        "berth/multiarch:v2s2",
+    ]
+    .iter()
+    .map(|n| format!("{open}/{n}"))
+    .collect();
+    for n in &names {
+        berth.docker_ok(&["pull", "-q", n]);
+        dockerd.docker_ok(&["pull", "-q", n]);
+    }
+    let inspect_fields = [
+        "Id",
+        "RepoTags",
+        "RepoDigests",
+        "Parent",
+        "Comment",
+        "Created",
+        "Author",
+        "Config",
+        "Architecture",
+        "Variant",
+        "Os",
+        "Size",
+        "RootFS",
+    ];
+    for n in &names {
+        let b: Value = serde_json::from_str(&berth.docker_ok(&["image", "inspect", n])).unwrap();
+        let d: Value = serde_json::from_str(&dockerd.docker_ok(&["image", "inspect", n])).unwrap();
+        for f in inspect_fields {
+            let (mut bv, mut dv) = (b[0][f].clone(), d[0][f].clone());
+            if f == "RepoTags" || f == "RepoDigests" {
+                sort(&mut bv);
+                sort(&mut dv);
+            }
+            assert_eq!(
+                bv, dv,
+                "{n}: inspect field {f} differs (left Berth, right dockerd)"
+            );
+        }
+        let fmt = "{{.ID}}|{{.CreatedAt}}|{{.CreatedBy}}|{{.Size}}|{{.Comment}}";
+        let bh = berth.docker_ok(&["history", "--no-trunc", "--human=false", "--format", fmt, n]);
+        let dh = dockerd.docker_ok(&["history", "--no-trunc", "--human=false", "--format", fmt, n]);
+        assert_eq!(bh, dh, "{n}: history differs");
+    }
+    let fmt = "{{.Repository}}|{{.Tag}}|{{.ID}}|{{.Digest}}|{{.CreatedAt}}|{{.Size}}";
+    let list = |out: String| {
+        let mut l: Vec<String> = out.lines().map(str::to_string).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        list(berth.docker_ok(&["images", "--digests", "--no-trunc", "--format", fmt])),
+        list(dockerd.docker_ok(&["images", "--digests", "--no-trunc", "--format", fmt])),
+        "docker images differs"
+    );
+}
+
+fn sort(v: &mut Value) {
+    if let Some(a) = v.as_array_mut() {
+        a.sort_by_key(|x| x.to_string());
+    }
+}

@@ -63,7 +63,8 @@ impl Compression {
 pub struct LayerStats {
     /// sha256 of the uncompressed stream, every byte of it (the image config's diff id).
     pub diff_id: Digest,
-    /// Sum of the sizes of the regular files written (what Docker reports as a layer's size).
+    /// Sum of the sizes of the regular files written (each hardlinked file once) and of the
+    /// symlinks' targets: what Docker (overlay2) reports as a layer's size.
     pub size: u64,
     /// Tar entries read (extension headers not counted).
     pub entries: u64,
@@ -673,6 +674,9 @@ impl Unpacker {
         self.clear(parent, comps, base).map_err(io("replacing"))?;
         let pfd = Some(parent.as_raw_fd());
         symlinkat(target, pfd, base).map_err(|e| io("creating")(e.into()))?;
+        // Docker's layer size is the on-disk size of what the layer holds, and a symlink's
+        // size is the length of its target.
+        self.size += target.len() as u64;
         fchownat(
             pfd,
             base,

@@ -350,6 +350,21 @@ fn container_config(config: &Value) -> Value {
     Value::Object(m)
 }
 
+/// dockerd shows the last history entry's comment when the config has none.
+fn comment(config: &Value) -> String {
+    match config.get("comment").and_then(Value::as_str) {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => config
+            .get("history")
+            .and_then(Value::as_array)
+            .and_then(|h| h.last())
+            .and_then(|h| h.get("comment"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    }
+}
+
 pub async fn inspect(daemon: &Daemon, name: &str) -> ApiResult {
     let info = find(daemon, name).await?;
     let config = config_of(&info);
@@ -365,7 +380,7 @@ pub async fn inspect(daemon: &Daemon, name: &str) -> ApiResult {
         "RepoTags": info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
         "RepoDigests": info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
         "Parent": "",
-        "Comment": s("comment"),
+        "Comment": comment(&config),
         "Created": s("created"),
         "DockerVersion": s("docker_version"),
         "Author": s("author"),

@@ -197,3 +197,106 @@ fn nix_kill_term(pid: u32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill failed"))
     }
 }
+
+/// Debian's dockerd 20.10, started by hand as the reference to compare with: its own data and
+/// exec roots and socket, no bridge, no iptables. Stopped (and its mounts cleaned) on drop.
+pub struct Dockerd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+}
+
+impl Dockerd {
+    pub fn start(insecure: &[&str]) -> Dockerd {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ]);
+        for i in insecure {
+            cmd.arg("--insecure-registry").arg(i);
+        }
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd must be installed (scripts/test installs Debian's docker.io)");
+        let d = Dockerd { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !d.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "dockerd: docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = nix_kill_term(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // dockerd leaves mounts under its roots behind; unmount them before the temp dir goes.
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|p| p.starts_with(&root))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+    }
+}
