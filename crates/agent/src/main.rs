@@ -99,6 +99,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("berthd has no parent directory")?
             .join("berth-core"),
     };
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "the direct backend runs berth-core as this user; unpacking layers (owners, devices) needs root"
+        );
+    }
     let core_socket = data_root.join("core.sock");
     std::fs::create_dir_all(&data_root)
         .with_context(|| format!("creating {}", data_root.display()))?;

@@ -89,6 +89,21 @@ fn pull_by_digest_and_v2s2_and_multiarch() {
         "pulled by digest: no tag"
     );
 
+    // zstd and uncompressed layers (OCI only).
+    let zstd = format!("{open}/berth/zstd:latest");
+    d.docker_ok(&["pull", &zstd]);
+    let v: Value = serde_json::from_str(&d.docker_ok(&["image", "inspect", &zstd])).unwrap();
+    let img = fixture_image("open", "berth/zstd", "latest");
+    assert_eq!(v[0]["Id"], img["config_digest"]);
+    let media: Vec<&str> = img["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["media_type"].as_str().unwrap())
+        .collect();
+    assert!(media.iter().any(|m| m.ends_with("+zstd")), "{media:?}");
+    assert!(media.iter().any(|m| m.ends_with(".tar")), "{media:?}");
+
     for tag in ["latest", "v2s2"] {
         let img = fixture_image("open", "berth/multiarch", tag);
         let name = format!("{open}/berth/multiarch:{tag}");
@@ -165,6 +180,11 @@ fn tag_and_rmi_behave_like_docker() {
     assert!(out.contains("Deleted: sha256:"), "{out}");
     let left = d.docker_ok(&["images", "-q"]);
     assert!(left.trim().is_empty(), "{left}");
+    assert_eq!(
+        store_entries(&d),
+        Vec::<String>::new(),
+        "removal frees blobs and snapshots"
+    );
 
     let r = d.docker(&["rmi", "nothing:here"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("No such image"));
@@ -299,10 +319,10 @@ fn a_lying_registry_gets_a_clear_error_and_leaves_the_store_as_it_was() {
 
 #[test]
 fn killing_berthd_mid_pull_leaves_a_consistent_store() {
-    let fx = fixtures();
+    use harness::liar::{start, Lie};
     let mut d = Berthd::start(&[]);
-    let open = &fx["BERTH_FIX_OPEN"];
-    let name = format!("{open}/berth/layers:latest");
+    let host = start(Lie::Slow);
+    let name = format!("{host}/slow/img:1");
     let mut pull = std::process::Command::new("docker")
         .args([
             "-H",
@@ -315,21 +335,35 @@ fn killing_berthd_mid_pull_leaves_a_consistent_store() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Wait until the layer is half-way in: its bytes are in the store's ingest area.
+    let ingest = d.data_root.join("core/ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&ingest).map(|r| r.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     d.kill_and_restart();
     let _ = pull.wait();
-    // Nothing half-made is visible: either no image, or the whole image.
-    let ids = d.docker_ok(&["images", "-q"]);
-    assert!(ids.trim().lines().count() <= 1, "{ids}");
-    let ingest = d.data_root.join("core/ingest");
+    // Nothing half-made is visible.
+    assert_eq!(
+        d.docker_ok(&["images", "-q"]).trim(),
+        "",
+        "no image after the kill"
+    );
+    assert_eq!(
+        store_entries(&d),
+        Vec::<String>::new(),
+        "no blob or snapshot after the kill"
+    );
     let leftovers = std::fs::read_dir(&ingest).map(|r| r.count()).unwrap_or(0);
     assert_eq!(leftovers, 0, "ingest is cleared at start");
+    // And the same pull then succeeds.
     d.docker_ok(&["pull", &name]);
     let v: Value = serde_json::from_str(&d.docker_ok(&["image", "inspect", &name])).unwrap();
-    assert_eq!(
-        v[0]["Id"],
-        fixture_image("open", "berth/layers", "latest")["config_digest"]
-    );
+    assert_eq!(v[0]["RepoTags"][0], name);
 }
 
 #[test]
@@ -464,6 +498,22 @@ fn images_inspect_and_history_match_dockerd() {
         let dh = dockerd.docker_ok(&["history", "--no-trunc", "--human=false", "--format", fmt, n]);
         assert_eq!(bh, dh, "{n}: history differs");
     }
+    // Tag and remove the same way on both: the same lines come back.
+    let hello = &names[0];
+    for cli in [&berth as &dyn Cli, &dockerd as &dyn Cli] {
+        cli.run(&["tag", hello, "compare/hello:1"]);
+    }
+    for args in [
+        &["rmi", "compare/hello:1"][..],
+        &["rmi", hello],
+        &["rmi", &names[1]],
+    ] {
+        assert_eq!(
+            berth.run(args),
+            dockerd.run(args),
+            "docker {args:?} differs"
+        );
+    }
     let fmt = "{{.Repository}}|{{.Tag}}|{{.ID}}|{{.Digest}}|{{.CreatedAt}}|{{.Size}}";
     let list = |out: String| {
         let mut l: Vec<String> = out.lines().map(str::to_string).collect();
@@ -475,6 +525,22 @@ fn images_inspect_and_history_match_dockerd() {
         list(dockerd.docker_ok(&["images", "--digests", "--no-trunc", "--format", fmt])),
         "docker images differs"
     );
+}
+
+trait Cli {
+    fn run(&self, args: &[&str]) -> String;
+}
+
+impl Cli for Berthd {
+    fn run(&self, args: &[&str]) -> String {
+        self.docker_ok(args)
+    }
+}
+
+impl Cli for harness::Dockerd {
+    fn run(&self, args: &[&str]) -> String {
+        self.docker_ok(args)
+    }
 }
 
 fn sort(v: &mut Value) {

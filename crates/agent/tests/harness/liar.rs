@@ -30,6 +30,8 @@ pub enum Lie {
     WrongDiffId,
     /// The layer tries to write outside its root.
     EscapingLayer,
+    /// Honest, but the layer arrives slowly (a few seconds), to interrupt a pull half-way.
+    Slow,
 }
 
 pub struct Image {
@@ -172,6 +174,23 @@ async fn serve(
                         Ok(Frame::data(half)),
                         Err(std::io::Error::other("connection dropped")),
                     ]);
+                    return Ok(Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-length", layer.len())
+                        .body(BodyExt::boxed(StreamBody::new(frames)))
+                        .unwrap());
+                }
+                Lie::Slow => {
+                    let chunks: Vec<Bytes> = layer
+                        .chunks(layer.len().div_ceil(10))
+                        .map(Bytes::copy_from_slice)
+                        .collect();
+                    let frames =
+                        futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+                            let c = it.next()?;
+                            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                            Some((Ok::<_, std::io::Error>(Frame::data(c)), it))
+                        });
                     return Ok(Response::builder()
                         .status(StatusCode::OK)
                         .header("content-length", layer.len())
