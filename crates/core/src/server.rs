@@ -37,6 +37,11 @@ impl Core {
         match hello.channel {
             Channel::Control => self.serve_control(stream).await,
             Channel::BlobWrite(bw) => self.serve_blob(stream, bw).await,
+            Channel::Logs(_) | Channel::Attach(_) => {
+                let mut stream = stream;
+                let error = Error::new(ErrorCode::Unsupported, "containers are not supported yet");
+                let _ = write_frame(&mut stream, &BlobWriteResult { result: Err(error) }).await;
+            }
         }
     }
 
@@ -113,6 +118,16 @@ impl Core {
                 events: images.remove(&selector, force)?,
             },
             Request::DiskUsage => Response::DiskUsage(images.disk_usage()?),
+            Request::ContainerCreate(_)
+            | Request::ContainerStart { .. }
+            | Request::ContainerStop { .. }
+            | Request::ContainerKill { .. }
+            | Request::ContainerWait { .. }
+            | Request::ContainerRemove { .. }
+            | Request::ContainerList { .. }
+            | Request::ContainerInspect { .. } => {
+                return Err(Error::new(ErrorCode::Unsupported, "containers are not supported yet"))
+            }
         })
     }
 

@@ -18,8 +18,10 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod container;
 pub mod image;
 
+pub use container::*;
 pub use image::*;
 
 /// The protocol version this build speaks.
@@ -60,6 +62,10 @@ pub enum Channel {
     Control,
     /// One blob, `size` raw bytes, then one [`BlobWriteResult`] frame back.
     BlobWrite(BlobWrite),
+    /// A container's logs: [`LogFrame`]s, then the connection closes.
+    Logs(LogsRequest),
+    /// A container's live stdio, raw after the handshake (see [`AttachRequest`]).
+    Attach(AttachRequest),
 }
 
 /// The answer to [`Hello`].
@@ -133,6 +139,17 @@ pub enum Request {
         prune: bool,
     },
     DiskUsage,
+    ContainerCreate(Box<ContainerSpec>),
+    ContainerStart { container: ContainerRef },
+    /// Signal (default: the container's stop signal, else SIGTERM), then SIGKILL after
+    /// `timeout` seconds (default: the container's, else 10).
+    ContainerStop { container: ContainerRef, signal: Option<String>, timeout: Option<i64> },
+    ContainerKill { container: ContainerRef, signal: String },
+    /// Answers when the condition holds, with the exit code.
+    ContainerWait { container: ContainerRef, condition: WaitCondition },
+    ContainerRemove { container: ContainerRef, force: bool, volumes: bool },
+    ContainerList { all: bool },
+    ContainerInspect { container: ContainerRef },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +163,10 @@ pub enum Response {
     Removed { events: Vec<RemoveEvent> },
     DiskUsage(DiskUsage),
     Done,
+    ContainerCreated { id: String, warnings: Vec<String> },
+    Container(Box<ContainerInfo>),
+    Containers { containers: Vec<ContainerInfo> },
+    Exited { code: i64, error: Option<String> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
