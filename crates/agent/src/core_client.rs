@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use berth_proto::{
-    client_handshake, read_frame, write_frame, BlobWrite, BlobWriteResult, BlobWritten, Channel,
-    Error, ErrorCode, Hello, Request, RequestFrame, Response, ResponseFrame, CORE_PORT,
+    client_handshake, read_frame, write_frame, AttachRequest, BlobWrite, BlobWriteResult,
+    BlobWritten, Channel, Error, ErrorCode, Hello, LogFrame, LogsRequest, Request, RequestFrame,
+    Response, ResponseFrame, CORE_PORT,
 };
 use berth_vm::VmBackend;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWriteExt, WriteHalf};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 pub const SOFTWARE: &str = concat!("berthd ", env!("CARGO_PKG_VERSION"));
 
@@ -29,6 +30,15 @@ pub struct CoreClient {
     backend: Arc<dyn VmBackend>,
     control: Mutex<Option<Arc<Control>>>,
     next_id: AtomicU64,
+}
+
+/// A refusal keeps the core's own error (e.g. "no such container"); anything else means the
+/// core could not be reached.
+fn handshake_error(e: berth_proto::HandshakeError) -> Error {
+    match e {
+        berth_proto::HandshakeError::Refused(e) => e,
+        other => unavailable(other),
+    }
 }
 
 fn unavailable(msg: impl std::fmt::Display) -> Error {
@@ -109,6 +119,44 @@ impl CoreClient {
         }
         rx.await
             .map_err(|_| unavailable("control connection closed"))?
+    }
+
+    /// Opens a log stream on its own connection; frames arrive on the receiver until the end.
+    pub async fn logs(
+        &self,
+        request: LogsRequest,
+    ) -> Result<mpsc::Receiver<Result<LogFrame, Error>>, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Logs(request)))
+            .await
+            .map_err(handshake_error)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<_, LogFrame>(&mut stream).await {
+                    Ok(f) => {
+                        if tx.send(Ok(f)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(berth_proto::FrameError::Closed) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(unavailable(e))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Opens an attach stream; after the handshake it is the container's raw stdio.
+    pub async fn attach(&self, request: AttachRequest) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Attach(request)))
+            .await
+            .map_err(handshake_error)?;
+        Ok(stream)
     }
 
     /// Streams one blob to the core on its own connection. `on_bytes` sees the running total.

@@ -140,16 +140,36 @@ pub enum Request {
     },
     DiskUsage,
     ContainerCreate(Box<ContainerSpec>),
-    ContainerStart { container: ContainerRef },
+    ContainerStart {
+        container: ContainerRef,
+    },
     /// Signal (default: the container's stop signal, else SIGTERM), then SIGKILL after
     /// `timeout` seconds (default: the container's, else 10).
-    ContainerStop { container: ContainerRef, signal: Option<String>, timeout: Option<i64> },
-    ContainerKill { container: ContainerRef, signal: String },
+    ContainerStop {
+        container: ContainerRef,
+        signal: Option<String>,
+        timeout: Option<i64>,
+    },
+    ContainerKill {
+        container: ContainerRef,
+        signal: String,
+    },
     /// Answers when the condition holds, with the exit code.
-    ContainerWait { container: ContainerRef, condition: WaitCondition },
-    ContainerRemove { container: ContainerRef, force: bool, volumes: bool },
-    ContainerList { all: bool },
-    ContainerInspect { container: ContainerRef },
+    ContainerWait {
+        container: ContainerRef,
+        condition: WaitCondition,
+    },
+    ContainerRemove {
+        container: ContainerRef,
+        force: bool,
+        volumes: bool,
+    },
+    ContainerList {
+        all: bool,
+    },
+    ContainerInspect {
+        container: ContainerRef,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::daemon::Daemon;
 
+mod containers;
 mod images;
 mod system;
 
@@ -253,17 +254,26 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             return images::remove(&daemon, rest, &query).await;
         }
     }
-    if p.starts_with("/containers/")
-        && m == Method::GET
-        && p.ends_with("/json")
-        && p != "/containers/json"
-    {
-        // `docker inspect NAME` asks for a container first; there are none yet.
-        let name = &p["/containers/".len()..p.len() - "/json".len()];
-        return Err(ApiError::not_found(format!("No such container: {name}")));
-    }
     if m == Method::GET && p == "/containers/json" {
-        return Ok(json(StatusCode::OK, &serde_json::json!([])));
+        return containers::list(&daemon, &query).await;
+    }
+    if m == Method::POST && p == "/containers/create" {
+        let body = read_body(req).await?;
+        return containers::create(&daemon, &query, &body).await;
+    }
+    if let Some(rest) = p.strip_prefix("/containers/") {
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        return match (m.clone(), action) {
+            (Method::GET, "json") => containers::inspect(&daemon, id).await,
+            (Method::GET, "logs") => containers::logs(daemon.clone(), id, &query).await,
+            (Method::POST, "start") => containers::start(&daemon, id).await,
+            (Method::POST, "stop") => containers::stop(&daemon, id, &query).await,
+            (Method::POST, "kill") => containers::kill(&daemon, id, &query).await,
+            (Method::POST, "wait") => containers::wait(&daemon, id, &query).await,
+            (Method::POST, "attach") => containers::attach(daemon.clone(), id, &query, req).await,
+            (Method::DELETE, "") => containers::remove(&daemon, id, &query).await,
+            _ => Err(ApiError::not_found(format!("page not found: {m} {p}"))),
+        };
     }
     Err(ApiError::not_found(format!("page not found: {m} {p}")))
 }

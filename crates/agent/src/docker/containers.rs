@@ -1,0 +1,635 @@
+//! Container routes: create, start, stop, kill, wait, remove, list, inspect, logs, attach.
+//! berthd translates; the core (which merges the image config and runs the OCI runtime) decides.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_proto::{
+    ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, HostSpec, Request, Response,
+    RestartPolicy, WaitCondition,
+};
+use bytes::Bytes;
+use hyper::{header, Request as HttpRequest, StatusCode};
+use serde_json::{json, Value};
+
+use super::{empty, json, ApiError, ApiResult, Query};
+use crate::daemon::Daemon;
+use crate::names::{familiar, selector};
+
+fn unexpected(r: Response) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer from the core: {r:?}"),
+    )
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Docker's Cmd/Entrypoint may be a list or (from old clients) a string.
+fn command(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(vec![s.clone()]),
+        other => Some(strings(other)),
+    }
+}
+
+fn opt_str(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// The create body (Docker's Config with HostConfig inside) as a [`ContainerSpec`].
+pub fn spec_from_body(
+    body: &Value,
+    name: Option<String>,
+    image_id: String,
+) -> Result<ContainerSpec, ApiError> {
+    let h = &body["HostConfig"];
+    let labels: BTreeMap<String, String> = body["Labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tmpfs: BTreeMap<String, String> = h["Tmpfs"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let network_mode = match h["NetworkMode"].as_str().unwrap_or("") {
+        "" | "default" => "bridge".to_string(),
+        m => m.to_string(),
+    };
+    if !["bridge", "none", "host"].contains(&network_mode.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "network {network_mode} not found"
+        )));
+    }
+    Ok(ContainerSpec {
+        name,
+        image_id,
+        image_ref: body["Image"].as_str().unwrap_or("").to_string(),
+        hostname: opt_str(&body["Hostname"]),
+        domainname: opt_str(&body["Domainname"]),
+        user: opt_str(&body["User"]),
+        env: strings(&body["Env"]),
+        cmd: command(&body["Cmd"]),
+        entrypoint: command(&body["Entrypoint"]),
+        working_dir: opt_str(&body["WorkingDir"]),
+        labels,
+        tty: body["Tty"].as_bool().unwrap_or(false),
+        open_stdin: body["OpenStdin"].as_bool().unwrap_or(false),
+        stop_signal: opt_str(&body["StopSignal"]),
+        stop_timeout: body["StopTimeout"].as_i64(),
+        host: HostSpec {
+            network_mode,
+            binds: strings(&h["Binds"]),
+            tmpfs,
+            read_only_rootfs: h["ReadonlyRootfs"].as_bool().unwrap_or(false),
+            memory: h["Memory"].as_i64().unwrap_or(0),
+            nano_cpus: h["NanoCpus"].as_i64().unwrap_or(0),
+            cpu_shares: h["CpuShares"].as_i64().unwrap_or(0),
+            pids_limit: h["PidsLimit"].as_i64().filter(|p| *p > 0),
+            privileged: h["Privileged"].as_bool().unwrap_or(false),
+            cap_add: strings(&h["CapAdd"]),
+            cap_drop: strings(&h["CapDrop"]),
+            security_opt: strings(&h["SecurityOpt"]),
+            auto_remove: h["AutoRemove"].as_bool().unwrap_or(false),
+            restart_policy: RestartPolicy {
+                name: h["RestartPolicy"]["Name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                maximum_retry_count: h["RestartPolicy"]["MaximumRetryCount"]
+                    .as_i64()
+                    .unwrap_or(0),
+            },
+        },
+    })
+}
+
+fn not_found_or(e: berth_proto::Error, what: &str) -> ApiError {
+    if e.code == berth_proto::ErrorCode::NotFound {
+        return ApiError::not_found(format!("No such container: {what}"));
+    }
+    e.into()
+}
+
+pub async fn create(daemon: &Daemon, q: &Query, body: &[u8]) -> ApiResult {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in the create request: {e}")))?;
+    let image = body["Image"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::bad_request("no image was given (config.Image is empty)"))?;
+    let sel =
+        selector(image).map_err(|_| ApiError::not_found(format!("No such image: {image}")))?;
+    let shown = sel
+        .name
+        .as_deref()
+        .map(familiar)
+        .unwrap_or_else(|| image.to_string());
+    let image_id = match daemon
+        .core
+        .call(Request::ImageInspect { selector: sel })
+        .await
+    {
+        Ok(Response::Image(i)) => i.id,
+        Ok(other) => return Err(unexpected(other)),
+        // The docker CLI pulls on this exact answer, then creates again.
+        Err(e) if e.code == berth_proto::ErrorCode::NotFound => {
+            return Err(ApiError::not_found(format!("No such image: {shown}")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let name = q
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .map(|n| n.trim_start_matches('/').to_string());
+    if let Some(n) = &name {
+        let valid = n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+    }
+    let spec = spec_from_body(&body, name, image_id)?;
+    match daemon
+        .core
+        .call(Request::ContainerCreate(Box::new(spec)))
+        .await?
+    {
+        Response::ContainerCreated { id, warnings } => Ok(json(
+            StatusCode::CREATED,
+            &json!({ "Id": id, "Warnings": warnings }),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn simple(daemon: &Daemon, req: Request, what: &str, ok: StatusCode) -> ApiResult {
+    match daemon.core.call(req).await {
+        Ok(Response::Done) => Ok(empty(ok)),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) => Err(not_found_or(e, what)),
+    }
+}
+
+pub async fn start(daemon: &Daemon, id: &str) -> ApiResult {
+    let info = inspect_info(daemon, id).await?;
+    if info.state.status == ContainerStatus::Running {
+        return Ok(empty(StatusCode::NOT_MODIFIED));
+    }
+    simple(
+        daemon,
+        Request::ContainerStart {
+            container: ContainerRef(id.into()),
+        },
+        id,
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+pub async fn stop(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+    let info = inspect_info(daemon, id).await?;
+    if info.state.status != ContainerStatus::Running && info.state.status != ContainerStatus::Paused
+    {
+        return Ok(empty(StatusCode::NOT_MODIFIED));
+    }
+    let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse().ok());
+    let signal = q
+        .get("signal")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    simple(
+        daemon,
+        Request::ContainerStop {
+            container: ContainerRef(id.into()),
+            signal,
+            timeout,
+        },
+        id,
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+pub async fn kill(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+    let info = inspect_info(daemon, id).await?;
+    if info.state.status != ContainerStatus::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Cannot kill container: {id}: Container {} is not running",
+                info.id
+            ),
+        ));
+    }
+    let signal = q
+        .get("signal")
+        .filter(|s| !s.is_empty())
+        .unwrap_or("SIGKILL")
+        .to_string();
+    simple(
+        daemon,
+        Request::ContainerKill {
+            container: ContainerRef(id.into()),
+            signal,
+        },
+        id,
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+pub async fn wait(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+    let condition = match q.get("condition").unwrap_or("") {
+        "" | "not-running" => WaitCondition::NotRunning,
+        "next-exit" => WaitCondition::NextExit,
+        "removed" => WaitCondition::Removed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid condition: \"{other}\""
+            )))
+        }
+    };
+    // Fail fast for a container that does not exist, before the long wait.
+    inspect_info(daemon, id).await?;
+    match daemon
+        .core
+        .call(Request::ContainerWait {
+            container: ContainerRef(id.into()),
+            condition,
+        })
+        .await
+    {
+        Ok(Response::Exited { code, error }) => Ok(json(
+            StatusCode::OK,
+            &json!({ "StatusCode": code, "Error": error.map(|m| json!({ "Message": m })) }),
+        )),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) => Err(not_found_or(e, id)),
+    }
+}
+
+pub async fn remove(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+    let req = Request::ContainerRemove {
+        container: ContainerRef(id.into()),
+        force: q.bool("force"),
+        volumes: q.bool("v"),
+    };
+    simple(daemon, req, id, StatusCode::NO_CONTENT).await
+}
+
+async fn inspect_info(daemon: &Daemon, id: &str) -> Result<ContainerInfo, ApiError> {
+    match daemon
+        .core
+        .call(Request::ContainerInspect {
+            container: ContainerRef(id.into()),
+        })
+        .await
+    {
+        Ok(Response::Container(c)) => Ok(*c),
+        Ok(other) => Err(unexpected(other)),
+        Err(e) => Err(not_found_or(e, id)),
+    }
+}
+
+fn status_word(s: ContainerStatus) -> &'static str {
+    match s {
+        ContainerStatus::Created => "created",
+        ContainerStatus::Running => "running",
+        ContainerStatus::Paused => "paused",
+        ContainerStatus::Restarting => "restarting",
+        ContainerStatus::Removing => "removing",
+        ContainerStatus::Exited => "exited",
+        ContainerStatus::Dead => "dead",
+    }
+}
+
+fn unix(t: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.as_deref()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn ago(t: chrono::DateTime<chrono::Utc>) -> String {
+    let secs = (chrono::Utc::now() - t).num_seconds().max(0);
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".into(),
+        s if s < 86400 * 2 => format!("{} hours", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
+}
+
+/// `docker ps`'s STATUS column.
+fn status_text(c: &ContainerInfo) -> String {
+    match c.state.status {
+        ContainerStatus::Created => "Created".into(),
+        ContainerStatus::Running => format!(
+            "Up {}",
+            unix(&c.state.started_at).map(ago).unwrap_or_default()
+        ),
+        ContainerStatus::Paused => format!(
+            "Up {} (Paused)",
+            unix(&c.state.started_at).map(ago).unwrap_or_default()
+        ),
+        ContainerStatus::Restarting => "Restarting".into(),
+        ContainerStatus::Removing => "Removal In Progress".into(),
+        ContainerStatus::Exited => format!(
+            "Exited ({}) {} ago",
+            c.state.exit_code.unwrap_or(0),
+            unix(&c.state.finished_at).map(ago).unwrap_or_default()
+        ),
+        ContainerStatus::Dead => "Dead".into(),
+    }
+}
+
+fn shell_join(path: &str, args: &[String]) -> String {
+    std::iter::once(path.to_string())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn summary(c: &ContainerInfo) -> Value {
+    json!({
+        "Id": c.id,
+        "Names": [format!("/{}", c.name)],
+        "Image": c.spec.image_ref,
+        "ImageID": c.spec.image_id,
+        "Command": shell_join(&c.path, &c.args),
+        "Created": unix(&Some(c.created.clone())).map(|t| t.timestamp()).unwrap_or(0),
+        "Ports": [],
+        "Labels": c.spec.labels,
+        "State": status_word(c.state.status),
+        "Status": status_text(c),
+        "HostConfig": { "NetworkMode": c.spec.host.network_mode },
+        "NetworkSettings": { "Networks": {} },
+        "Mounts": [],
+    })
+}
+
+pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    let all = q.bool("all") || filters.contains_key("status");
+    let containers = match daemon.core.call(Request::ContainerList { all }).await? {
+        Response::Containers { containers } => containers,
+        other => return Err(unexpected(other)),
+    };
+    let mut out = Vec::new();
+    for c in &containers {
+        if let Some(st) = filters.get("status") {
+            if !st.iter().any(|s| s == status_word(c.state.status)) {
+                continue;
+            }
+        }
+        if let Some(names) = filters.get("name") {
+            if !names
+                .iter()
+                .any(|n| c.name.contains(n.trim_start_matches('/')))
+            {
+                continue;
+            }
+        }
+        if let Some(ids) = filters.get("id") {
+            if !ids.iter().any(|i| c.id.starts_with(i.as_str())) {
+                continue;
+            }
+        }
+        if let Some(labels) = filters.get("label") {
+            let ok = labels.iter().all(|l| match l.split_once('=') {
+                Some((k, v)) => c.spec.labels.get(k).map(String::as_str) == Some(v),
+                None => c.spec.labels.contains_key(l),
+            });
+            if !ok {
+                continue;
+            }
+        }
+        out.push(summary(c));
+    }
+    out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
+    Ok(json(StatusCode::OK, &out))
+}
+
+pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
+    let c = inspect_info(daemon, id).await?;
+    let s = &c.state;
+    let running = s.status == ContainerStatus::Running || s.status == ContainerStatus::Paused;
+    let h = &c.spec.host;
+    let v = json!({
+        "Id": c.id,
+        "Created": c.created,
+        "Path": c.path,
+        "Args": c.args,
+        "State": {
+            "Status": status_word(s.status), "Running": running,
+            "Paused": s.status == ContainerStatus::Paused,
+            "Restarting": s.status == ContainerStatus::Restarting, "OOMKilled": false,
+            "Dead": s.status == ContainerStatus::Dead, "Pid": if running { s.pid.unwrap_or(0) } else { 0 },
+            "ExitCode": s.exit_code.unwrap_or(0), "Error": s.error.clone().unwrap_or_default(),
+            "StartedAt": s.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "FinishedAt": s.finished_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+        },
+        "Image": c.spec.image_id,
+        "LogPath": c.log_path,
+        "Name": format!("/{}", c.name),
+        "RestartCount": s.restart_count,
+        "Driver": "overlayfs",
+        "Platform": "linux",
+        "HostConfig": {
+            "Binds": h.binds, "NetworkMode": h.network_mode, "AutoRemove": h.auto_remove,
+            "RestartPolicy": { "Name": h.restart_policy.name, "MaximumRetryCount": h.restart_policy.maximum_retry_count },
+            "Privileged": h.privileged, "ReadonlyRootfs": h.read_only_rootfs, "Tmpfs": h.tmpfs,
+            "Memory": h.memory, "NanoCpus": h.nano_cpus, "CpuShares": h.cpu_shares,
+            "PidsLimit": h.pids_limit, "CapAdd": h.cap_add, "CapDrop": h.cap_drop,
+            "SecurityOpt": h.security_opt, "Runtime": c.runtime,
+        },
+        "Mounts": [],
+        "Config": {
+            "Hostname": c.spec.hostname.clone().unwrap_or_else(|| c.id[..12].to_string()),
+            "Domainname": c.spec.domainname.clone().unwrap_or_default(),
+            "User": c.user, "Tty": c.spec.tty, "OpenStdin": c.spec.open_stdin,
+            "Env": c.env, "Cmd": c.spec.cmd, "Image": c.spec.image_ref,
+            "WorkingDir": c.working_dir, "Entrypoint": c.spec.entrypoint, "Labels": c.spec.labels,
+            "StopSignal": c.spec.stop_signal, "StopTimeout": c.spec.stop_timeout,
+        },
+        "NetworkSettings": { "Networks": {}, "Ports": {} },
+    });
+    Ok(json(StatusCode::OK, &v))
+}
+
+/// Docker's stdcopy header: stream (1 stdout, 2 stderr), three zero bytes, big-endian length.
+pub fn stdcopy_frame(stream: u8, payload: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(8 + payload.len());
+    b.push(stream);
+    b.extend_from_slice(&[0, 0, 0]);
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload);
+    Bytes::from(b)
+}
+
+pub async fn logs(daemon: Arc<Daemon>, id: &str, q: &Query) -> ApiResult {
+    let info = inspect_info(&daemon, id).await?;
+    let (stdout, stderr) = (q.bool("stdout"), q.bool("stderr"));
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request("You must choose at least one stream"));
+    }
+    let since = q
+        .get("since")
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let until = q
+        .get("until")
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let tail = q
+        .get("tail")
+        .filter(|t| *t != "all")
+        .and_then(|t| t.parse().ok());
+    let request = berth_proto::LogsRequest {
+        container: ContainerRef(info.id.clone()),
+        follow: q.bool("follow"),
+        stdout,
+        stderr,
+        since,
+        until,
+        tail,
+    };
+    let timestamps = q.bool("timestamps");
+    let tty = info.spec.tty;
+    let mut frames = daemon
+        .core
+        .logs(request)
+        .await
+        .map_err(|e| not_found_or(e, id))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        while let Some(Ok(f)) = frames.recv().await {
+            let mut line = Vec::new();
+            if timestamps {
+                line.extend_from_slice(f.time.as_bytes());
+                line.push(b' ');
+            }
+            line.extend_from_slice(f.log.as_bytes());
+            let chunk = if tty {
+                Bytes::from(line)
+            } else {
+                stdcopy_frame(if f.stream == "stderr" { 2 } else { 1 }, &line)
+            };
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let ct = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    let mut resp = super::json_stream(rx);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, ct.parse().expect("valid header"));
+    Ok(resp)
+}
+
+/// `POST /containers/{id}/attach`: the connection is hijacked (HTTP upgrade to "tcp", as the
+/// docker CLI asks) and then carries the container's stdio both ways.
+pub async fn attach(
+    daemon: Arc<Daemon>,
+    id: &str,
+    q: &Query,
+    req: HttpRequest<hyper::body::Incoming>,
+) -> ApiResult {
+    let info = inspect_info(&daemon, id).await?;
+    let request = berth_proto::AttachRequest {
+        container: ContainerRef(info.id.clone()),
+        stdin: q.bool("stdin"),
+        stdout: q.bool("stdout"),
+        stderr: q.bool("stderr"),
+        logs: q.bool("logs"),
+    };
+    let core_stream = daemon
+        .core
+        .attach(request)
+        .await
+        .map_err(|e| not_found_or(e, id))?;
+    let upgrade = req.headers().get(header::UPGRADE).is_some();
+    let ct = if info.spec.tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let mut core = core_stream;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut core).await;
+            }
+            Err(e) => tracing::debug!("attach upgrade failed: {e}"),
+        }
+    });
+    let mut b = hyper::Response::builder().header(header::CONTENT_TYPE, ct);
+    b = if upgrade {
+        b.status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "tcp")
+    } else {
+        b.status(StatusCode::OK)
+    };
+    Ok(b.body(super::full(Bytes::new())).expect("valid response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_maps_to_a_spec() {
+        let body = json!({
+            "Image": "busybox", "Cmd": ["echo", "hi"], "Env": ["A=1"], "Tty": false,
+            "Labels": {"k": "v"},
+            "HostConfig": { "AutoRemove": true, "NetworkMode": "default", "Memory": 1048576,
+                            "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 3} },
+        });
+        let s = spec_from_body(&body, Some("x".into()), "sha256:ab".into()).unwrap();
+        assert_eq!(s.cmd, Some(vec!["echo".to_string(), "hi".to_string()]));
+        assert_eq!(s.entrypoint, None);
+        assert_eq!(s.host.network_mode, "bridge");
+        assert!(s.host.auto_remove);
+        assert_eq!(s.host.memory, 1048576);
+        assert_eq!(s.host.restart_policy.maximum_retry_count, 3);
+        assert_eq!(s.labels["k"], "v");
+        let bad = json!({ "Image": "busybox", "HostConfig": { "NetworkMode": "weird" } });
+        assert!(spec_from_body(&bad, None, "sha256:ab".into()).is_err());
+    }
+
+    #[test]
+    fn stdcopy_header() {
+        let f = stdcopy_frame(2, b"abc");
+        assert_eq!(&f[..], &[2, 0, 0, 0, 0, 0, 0, 3, b'a', b'b', b'c']);
+    }
+}
