@@ -241,6 +241,15 @@ fn docker_hub_names_pull_through_a_mirror() {
     let d = Berthd::start(&["--registry-mirror", &mirror]);
     let out = d.docker_ok(&["pull", "busybox"]);
     assert!(out.contains("Using mirror"), "the mirror is named: {out}");
+    let out = d.docker_ok(&["pull", "hello-world"]);
+    assert!(out.contains("Pulling from library/hello-world"), "{out}");
+    let v: Value =
+        serde_json::from_str(&d.docker_ok(&["image", "inspect", "hello-world"])).unwrap();
+    assert_eq!(
+        v[0]["Id"],
+        fixture_image("open", "library/hello-world", "latest")["config_digest"]
+    );
+    d.docker_ok(&["rmi", "hello-world"]);
     let v: Value = serde_json::from_str(&d.docker_ok(&["image", "inspect", "busybox"])).unwrap();
     assert_eq!(v[0]["RepoTags"][0], "busybox:latest");
     assert_eq!(
@@ -547,4 +556,87 @@ fn sort(v: &mut Value) {
     if let Some(a) = v.as_array_mut() {
         a.sort_by_key(|x| x.to_string());
     }
+}
+
+// ---- containers -------------------------------------------------------------------------
+
+#[test]
+fn docker_run_hello_prints_its_greeting_and_rm_cleans_up() {
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let image = format!("{}/berth/hello:latest", fx["BERTH_FIX_OPEN"]);
+    // Not pulled yet: `docker run` pulls on the daemon's "No such image", then runs.
+    let out = d.docker_ok(&["run", "--rm", &image]);
+    assert!(out.contains("Hello from Berth!"), "{out}");
+    let ps = d.docker_ok(&["ps", "-a", "-q"]);
+    assert_eq!(ps.trim(), "", "--rm removed the container");
+}
+
+#[test]
+fn container_lifecycle_create_start_logs_wait_ps_rm() {
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let image = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", "-q", &image]);
+
+    let id = d
+        .docker_ok(&[
+            "create",
+            "--name",
+            "lc",
+            "-e",
+            "WHO=berth",
+            &image,
+            "sh",
+            "-c",
+            "echo out $WHO; echo err >&2; exit 3",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = d.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+    assert!(ps.contains("lc created"), "{ps}");
+    d.docker_ok(&["start", "lc"]);
+    let code = d.docker_ok(&["wait", "lc"]);
+    assert_eq!(code.trim(), "3");
+    let out = d.docker(&["logs", "lc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out berth\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let state = d.docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "lc",
+    ]);
+    assert_eq!(state.trim(), "exited 3");
+    let ps = d.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.contains("lc Exited (3)"), "{ps}");
+
+    let dup = d.docker(&["create", "--name", "lc", &image]);
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("is already in use"),
+        "name conflict"
+    );
+
+    d.docker_ok(&["rm", "lc"]);
+    assert_eq!(d.docker_ok(&["ps", "-a", "-q"]).trim(), "");
+    let gone = d.docker(&["inspect", "lc"]);
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn detached_container_runs_until_stopped() {
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let image = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", "-q", &image]);
+    d.docker_ok(&["run", "-d", "--name", "sleeper", &image, "sleep", "300"]);
+    let ps = d.docker_ok(&["ps", "--format", "{{.Names}} {{.State}}"]);
+    assert!(ps.contains("sleeper running"), "{ps}");
+    let r = d.docker(&["rm", "sleeper"]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot remove a running container"));
+    d.docker_ok(&["stop", "-t", "1", "sleeper"]);
+    let state = d.docker_ok(&["inspect", "--format", "{{.State.Status}}", "sleeper"]);
+    assert_eq!(state.trim(), "exited");
+    d.docker_ok(&["rm", "sleeper"]);
 }

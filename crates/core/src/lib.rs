@@ -1,7 +1,8 @@
 //! berth-core: Berth's runtime core. In production it runs inside the VM; on a Linux host the
 //! `direct` backend runs the same binary as a child of berthd. It owns the content store, the
-//! snapshots, image metadata and (later) containers, and answers `berth-proto` requests.
+//! snapshots, image metadata and containers (`container`), and answers `berth-proto` requests.
 
+pub mod container;
 pub mod content;
 pub mod digest;
 pub mod images;

@@ -259,7 +259,9 @@ pub async fn kill(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     .await
 }
 
-pub async fn wait(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+/// `POST /containers/{id}/wait`: like dockerd, the status line and headers go out at once (the
+/// docker CLI starts the container only after it has them) and the body when the condition holds.
+pub async fn wait(daemon: Arc<Daemon>, id: &str, q: &Query) -> ApiResult {
     let condition = match q.get("condition").unwrap_or("") {
         "" | "not-running" => WaitCondition::NotRunning,
         "next-exit" => WaitCondition::NextExit,
@@ -271,22 +273,27 @@ pub async fn wait(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
         }
     };
     // Fail fast for a container that does not exist, before the long wait.
-    inspect_info(daemon, id).await?;
-    match daemon
-        .core
-        .call(Request::ContainerWait {
-            container: ContainerRef(id.into()),
+    let info = inspect_info(&daemon, id).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        let req = Request::ContainerWait {
+            container: ContainerRef(info.id),
             condition,
-        })
-        .await
-    {
-        Ok(Response::Exited { code, error }) => Ok(json(
-            StatusCode::OK,
-            &json!({ "StatusCode": code, "Error": error.map(|m| json!({ "Message": m })) }),
-        )),
-        Ok(other) => Err(unexpected(other)),
-        Err(e) => Err(not_found_or(e, id)),
-    }
+        };
+        let body = match daemon.core.call(req).await {
+            Ok(Response::Exited { code, error }) => {
+                json!({ "StatusCode": code, "Error": error.map(|m| json!({ "Message": m })) })
+            }
+            Ok(other) => {
+                json!({ "StatusCode": -1, "Error": { "Message": format!("unexpected answer: {other:?}") } })
+            }
+            Err(e) => json!({ "StatusCode": -1, "Error": { "Message": e.message } }),
+        };
+        let mut b = serde_json::to_vec(&body).expect("serialisable");
+        b.push(b'\n');
+        let _ = tx.send(Bytes::from(b)).await;
+    });
+    Ok(super::json_stream(rx))
 }
 
 pub async fn remove(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {

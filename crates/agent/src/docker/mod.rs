@@ -269,7 +269,7 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             (Method::POST, "start") => containers::start(&daemon, id).await,
             (Method::POST, "stop") => containers::stop(&daemon, id, &query).await,
             (Method::POST, "kill") => containers::kill(&daemon, id, &query).await,
-            (Method::POST, "wait") => containers::wait(&daemon, id, &query).await,
+            (Method::POST, "wait") => containers::wait(daemon.clone(), id, &query).await,
             (Method::POST, "attach") => containers::attach(daemon.clone(), id, &query, req).await,
             (Method::DELETE, "") => containers::remove(&daemon, id, &query).await,
             _ => Err(ApiError::not_found(format!("page not found: {m} {p}"))),

@@ -1,0 +1,224 @@
+//! The OCI runtime (runc or crun) through its command line. Every container's runtime state
+//! lives under the core's own `--root` (`<data root>/runtime/<name>`), apart from any other
+//! user of the same runtime on the machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// the runtime binary could not be run
+    #[error("running {runtime}: {source}")]
+    Spawn {
+        runtime: String,
+        source: std::io::Error,
+    },
+    /// the runtime refused or failed
+    #[error("{runtime} {op} failed: {message}")]
+    Failed {
+        runtime: String,
+        op: &'static str,
+        message: String,
+    },
+}
+
+/// Which runtime new containers use: `BERTH_RUNTIME` if set, else crun on a pure cgroup v2
+/// host where crun is installed (crun refuses hybrid hierarchies), else runc.
+pub fn choose() -> String {
+    if let Ok(r) = std::env::var("BERTH_RUNTIME") {
+        if !r.is_empty() {
+            return r;
+        }
+    }
+    let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if pure_v2 && on_path("crun") {
+        "crun".into()
+    } else {
+        "runc".into()
+    }
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub name: String,
+    /// The runtime's `--root`: where it keeps the state of our containers.
+    pub root: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(name: &str, data_root: &Path) -> Runtime {
+        Runtime {
+            name: name.to_string(),
+            root: data_root.join("runtime").join(name),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.name);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `create` with the runtime's own errors logged as JSON to `log` (the container's stdio is
+    /// the caller's to set on the returned command).
+    pub fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path, log: &Path) -> Command {
+        let mut c = self.command();
+        c.arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        c
+    }
+
+    fn run(&self, op: &'static str, args: &[&str]) -> Result<String, RuntimeError> {
+        let out = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| RuntimeError::Spawn {
+                runtime: self.name.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(RuntimeError::Failed {
+                runtime: self.name.clone(),
+                op,
+                message: last_error_line(&message).unwrap_or(message),
+            })
+        }
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run("start", &["start", id]).map(drop)
+    }
+
+    pub fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
+        self.run("kill", &["kill", id, &signal.to_string()])
+            .map(drop)
+    }
+
+    /// Deletes the runtime's state (and cgroup) of the container; with `force`, kills it first.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.run("delete", &args).map(drop)
+    }
+}
+
+/// The last error a runtime logged in its JSON log (`--log-format json`), if any.
+pub fn last_logged_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "error")
+        .and_then(|v| v["msg"].as_str().map(str::to_string))
+}
+
+/// runc prints JSON log lines on stderr when it has no log file; take the message of the last.
+fn last_error_line(stderr: &str) -> Option<String> {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["msg"].as_str().map(str::to_string))
+}
+
+/// The exit code Docker reports for a container whose start failed with `message`.
+pub fn start_failure_code(message: &str) -> i64 {
+    if message.contains("executable file not found")
+        || message.contains("no such file or directory")
+    {
+        127
+    } else if message.contains("permission denied") {
+        126
+    } else {
+        128
+    }
+}
+
+/// A signal by name ("SIGTERM", "term", "KILL") or number, as `docker kill -s` takes it.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    let invalid = || format!("Invalid signal: {s}");
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(invalid())
+        };
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|sig| sig as i32)
+        .map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_docker_kill() {
+        assert_eq!(parse_signal("SIGKILL"), Ok(9));
+        assert_eq!(parse_signal("term"), Ok(15));
+        assert_eq!(parse_signal("HUP"), Ok(1));
+        assert_eq!(parse_signal("9"), Ok(9));
+        assert_eq!(
+            parse_signal("SIGNOPE"),
+            Err("Invalid signal: SIGNOPE".into())
+        );
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn start_failures_map_to_dockers_codes() {
+        assert_eq!(
+            start_failure_code(
+                "runc create failed: unable to start container process: exec: \"x\": executable file not found in $PATH"
+            ),
+            127
+        );
+        assert_eq!(start_failure_code("exec: \"/x\": permission denied"), 126);
+        assert_eq!(start_failure_code("cgroup: no such controller"), 128);
+    }
+
+    #[test]
+    fn logged_errors_are_found() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("log.json");
+        std::fs::write(
+            &p,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"boom\"}\n",
+        )
+        .unwrap();
+        assert_eq!(last_logged_error(&p).as_deref(), Some("boom"));
+        assert_eq!(last_logged_error(&t.path().join("none")), None);
+    }
+}

@@ -1,0 +1,451 @@
+//! The per-container supervisor ("shim"): `berth-core shim --id … --bundle …`. The core starts
+//! it for every start of a container; it detaches at once (a second copy of itself in a new
+//! session, so stopping or restarting the core does not touch the container) and then:
+//!
+//! 1. mounts the rootfs (`rootfs.json`), becomes the child subreaper, runs `<runtime> create`
+//!    with its stdout/stderr on pipes, then `<runtime> start`;
+//! 2. tells the core on its stdout: one JSON [`Ready`] line (started with a pid, or failed with
+//!    Docker's exit code and the runtime's message);
+//! 3. copies the container's output into `<id>-json.log` (Docker's json-file format);
+//! 4. reaps the container's init, records the exit code, deletes the runtime's state and
+//!    unmounts the rootfs, and writes the final [`RunState`] last.
+//!
+//! `state.json` (written atomically, only by the shim) is how the core knows a run's state,
+//! including after the core restarted.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::logs::{now_rfc3339, LineSplitter, LogWriter};
+use super::rootfs::RootfsMount;
+use super::runtime::{last_logged_error, start_failure_code, Runtime};
+
+pub const STATE_FILE: &str = "state.json";
+pub const ROOTFS_FILE: &str = "rootfs.json";
+const RUNTIME_LOG: &str = "runtime.log";
+const PID_FILE: &str = "init.pid";
+
+/// The log file of a container, named as dockerd names it.
+pub fn log_file(bundle: &Path, id: &str) -> PathBuf {
+    bundle.join(format!("{id}-json.log"))
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Starting,
+    Running,
+    Exited,
+    StartFailed,
+}
+
+/// One run of a container, as its supervisor last recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    /// Counts the starts of this container (1 for the first).
+    pub generation: u64,
+    pub phase: Phase,
+    pub shim_pid: u32,
+    /// The container's init, while it runs.
+    pub pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl RunState {
+    pub fn read(bundle: &Path) -> io::Result<Option<RunState>> {
+        match fs::read(bundle.join(STATE_FILE)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes to a temporary file, syncs it and renames it over the state file.
+    pub fn write(&self, bundle: &Path) -> io::Result<()> {
+        let tmp = bundle.join(format!("{STATE_FILE}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, bundle.join(STATE_FILE))
+    }
+}
+
+/// What the shim tells the core once the container runs or could not be started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum Ready {
+    Started { pid: u32 },
+    Failed { message: String, exit_code: i64 },
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "berth-core shim",
+    about = "supervises one run of a container (internal)"
+)]
+pub struct ShimArgs {
+    #[arg(long)]
+    pub id: String,
+    /// The container's directory: config.json, rootfs.json, state and logs.
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The OCI runtime's name ("runc", "crun").
+    #[arg(long)]
+    pub runtime: String,
+    /// The runtime's `--root`.
+    #[arg(long)]
+    pub runtime_root: PathBuf,
+    /// The number of this start of the container.
+    #[arg(long)]
+    pub generation: u64,
+    /// Set on the detached copy.
+    #[arg(long, hide = true)]
+    pub detached: bool,
+}
+
+impl ShimArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "shim".to_string(),
+            "--id".into(),
+            self.id.clone(),
+            "--bundle".into(),
+            self.bundle.display().to_string(),
+            "--runtime".into(),
+            self.runtime.clone(),
+            "--runtime-root".into(),
+            self.runtime_root.display().to_string(),
+            "--generation".into(),
+            self.generation.to_string(),
+        ];
+        if self.detached {
+            v.push("--detached".into());
+        }
+        v
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// an i/o step of the supervisor failed
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: io::Error,
+    },
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> ShimError {
+    move |source| ShimError::Io { context, source }
+}
+
+/// The `shim` subcommand. The first copy starts the detached one and returns at once.
+pub fn run(args: ShimArgs) -> Result<(), ShimError> {
+    if !args.detached {
+        let exe = std::env::current_exe().map_err(io_err("finding our own binary"))?;
+        let mut detached = args.clone();
+        detached.detached = true;
+        let mut cmd = Command::new(exe);
+        cmd.args(&detached.to_args()[..]).stdin(Stdio::null());
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it runs in
+        // the forked child before exec.
+        unsafe {
+            cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+        }
+        cmd.spawn()
+            .map_err(io_err("starting the detached supervisor"))?;
+        return Ok(());
+    }
+    Supervisor::new(args).supervise()
+}
+
+struct Supervisor {
+    args: ShimArgs,
+    runtime: Runtime,
+    state: RunState,
+}
+
+impl Supervisor {
+    fn new(args: ShimArgs) -> Supervisor {
+        let prev = RunState::read(&args.bundle).ok().flatten();
+        let runtime = Runtime {
+            name: args.runtime.clone(),
+            root: args.runtime_root.clone(),
+        };
+        let state = RunState {
+            generation: args.generation,
+            phase: Phase::Starting,
+            shim_pid: std::process::id(),
+            pid: None,
+            started_at: prev.as_ref().and_then(|p| p.started_at.clone()),
+            finished_at: prev.as_ref().and_then(|p| p.finished_at.clone()),
+            exit_code: prev.as_ref().and_then(|p| p.exit_code),
+            error: None,
+        };
+        Supervisor {
+            args,
+            runtime,
+            state,
+        }
+    }
+
+    fn bundle(&self) -> &Path {
+        &self.args.bundle
+    }
+
+    fn save(&self) -> Result<(), ShimError> {
+        self.state
+            .write(self.bundle())
+            .map_err(io_err("writing the run state"))
+    }
+
+    fn tell_core(&self, ready: &Ready) {
+        let mut line = serde_json::to_vec(ready).expect("serialisable");
+        line.push(b'\n');
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(&line);
+        let _ = out.flush();
+        // From now on nobody listens: point stdout at /dev/null so the core's pipe closes.
+        if let Ok(null) = File::options().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+        }
+    }
+
+    fn rootfs(&self) -> Result<RootfsMount, String> {
+        let text = fs::read(self.bundle().join(ROOTFS_FILE))
+            .map_err(|e| format!("reading {ROOTFS_FILE}: {e}"))?;
+        serde_json::from_slice(&text).map_err(|e| format!("reading {ROOTFS_FILE}: {e}"))
+    }
+
+    fn fail(&mut self, message: String, rootfs: Option<&RootfsMount>) -> Result<(), ShimError> {
+        tracing::warn!("container {}: {message}", self.args.id);
+        let _ = self.runtime.delete(&self.args.id, true);
+        if let Some(r) = rootfs {
+            let _ = r.unmount();
+        }
+        let exit_code = start_failure_code(&message);
+        self.state.phase = Phase::StartFailed;
+        self.state.exit_code = Some(exit_code);
+        self.state.error = Some(message.clone());
+        self.state.pid = None;
+        self.save()?;
+        self.tell_core(&Ready::Failed { message, exit_code });
+        Ok(())
+    }
+
+    fn supervise(mut self) -> Result<(), ShimError> {
+        self.save()?;
+        let id = self.args.id.clone();
+        let rootfs = match self.rootfs() {
+            Ok(r) => r,
+            Err(m) => return self.fail(m, None),
+        };
+        if let Err(e) = rootfs.mount() {
+            return self.fail(
+                format!("mounting the container's rootfs: {e}"),
+                Some(&rootfs),
+            );
+        }
+        // Orphans of the runtime (the container's init once `create` returns) become ours.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            return self.fail(format!("becoming a subreaper: {e}"), Some(&rootfs));
+        }
+        let log = match LogWriter::open(&log_file(self.bundle(), &id)) {
+            Ok(l) => Arc::new(Mutex::new(l)),
+            Err(e) => return self.fail(format!("opening the log: {e}"), Some(&rootfs)),
+        };
+        let runtime_log = self.bundle().join(RUNTIME_LOG);
+        let pid_file = self.bundle().join(PID_FILE);
+        let _ = fs::remove_file(&runtime_log);
+        let _ = fs::remove_file(&pid_file);
+        // A crashed earlier run may have left the runtime's state behind.
+        let _ = self.runtime.delete(&id, true);
+
+        let (out_r, out_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => return self.fail(format!("creating pipes: {e}"), Some(&rootfs)),
+        };
+        let (err_r, err_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => return self.fail(format!("creating pipes: {e}"), Some(&rootfs)),
+        };
+        let created = {
+            // The command owns the write ends; it is dropped at the end of this block so that
+            // only the container holds them afterwards.
+            let mut create =
+                self.runtime
+                    .create_command(&id, self.bundle(), &pid_file, &runtime_log);
+            create.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            create.status()
+        };
+        match created {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                let why = last_logged_error(&runtime_log)
+                    .unwrap_or_else(|| format!("{} create exited with {s}", self.runtime.name));
+                return self.fail(format!("OCI runtime create failed: {why}"), Some(&rootfs));
+            }
+            Err(e) => {
+                return self.fail(format!("running {}: {e}", self.runtime.name), Some(&rootfs))
+            }
+        }
+        let pid = match fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            Some(p) => p,
+            None => return self.fail("the runtime wrote no pid file".into(), Some(&rootfs)),
+        };
+
+        let (done_tx, done_rx) = mpsc::channel();
+        for (stream, fd) in [("stdout", out_r), ("stderr", err_r)] {
+            let log = log.clone();
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                copy_output(File::from(fd), stream, &log);
+                let _ = done.send(());
+            });
+        }
+        drop(done_tx);
+
+        if let Err(e) = self.runtime.start(&id) {
+            return self.fail(format!("OCI runtime start failed: {e}"), Some(&rootfs));
+        }
+        self.state.phase = Phase::Running;
+        self.state.pid = Some(pid as u32);
+        self.state.started_at = Some(now_rfc3339());
+        self.state.finished_at = None;
+        self.state.exit_code = None;
+        self.save()?;
+        self.tell_core(&Ready::Started { pid: pid as u32 });
+
+        let code = reap(Pid::from_raw(pid));
+        // The copiers end when the last writer (the container's processes) is gone; a process
+        // that escaped the container could hold a pipe forever, so do not wait for long.
+        for _ in 0..2 {
+            let _ = done_rx.recv_timeout(Duration::from_secs(5));
+        }
+        if self.runtime.delete(&id, false).is_err() {
+            let _ = self.runtime.delete(&id, true);
+        }
+        if let Err(e) = rootfs.unmount() {
+            tracing::warn!("container {id}: unmounting the rootfs: {e}");
+        }
+        self.state.phase = Phase::Exited;
+        self.state.pid = None;
+        self.state.exit_code = Some(code);
+        self.state.finished_at = Some(now_rfc3339());
+        self.save()
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+fn copy_output(mut from: File, stream: &str, log: &Mutex<LogWriter>) {
+    let mut splitter = LineSplitter::default();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut emit = |entry: &[u8]| {
+        if let Err(e) = log.lock().expect("log lock").write_entry(stream, entry) {
+            tracing::warn!("writing the container log: {e}");
+        }
+    };
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => splitter.push(&buf[..n], &mut emit),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    splitter.finish(&mut emit);
+}
+
+/// Reaps children until `init` exits; returns its exit code the way Docker reports it (128 +
+/// the signal for a killed process).
+fn reap(init: Pid) -> i64 {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(p, code)) if p == init => return i64::from(code),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == init => return 128 + sig as i64,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            // Not our child after all (should not happen): poll until it is gone.
+            Err(_) => {
+                while nix::sys::signal::kill(init, None).is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return 255;
+            }
+        }
+    }
+}
+
+/// Reads the shim's [`Ready`] line; `None` when it exited without one.
+pub fn read_ready(from: impl Read) -> Option<Ready> {
+    let mut line = String::new();
+    io::BufReader::new(from).read_line(&mut line).ok()?;
+    serde_json::from_str(line.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn state_round_trips_atomically() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(RunState::read(t.path()).unwrap(), None);
+        let s = RunState {
+            generation: 2,
+            phase: Phase::Exited,
+            shim_pid: 7,
+            pid: None,
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            finished_at: Some("2026-01-01T00:00:01Z".into()),
+            exit_code: Some(3),
+            error: None,
+        };
+        s.write(t.path()).unwrap();
+        assert_eq!(RunState::read(t.path()).unwrap(), Some(s));
+        assert!(!t.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn args_round_trip() {
+        let a = ShimArgs {
+            id: "abc".into(),
+            bundle: "/b".into(),
+            runtime: "runc".into(),
+            runtime_root: "/r".into(),
+            generation: 3,
+            detached: true,
+        };
+        let parsed = ShimArgs::parse_from(a.to_args());
+        assert_eq!(parsed.to_args(), a.to_args());
+        let ready = Ready::Failed {
+            message: "m".into(),
+            exit_code: 127,
+        };
+        let line = format!("{}\n", serde_json::to_string(&ready).unwrap());
+        assert_eq!(read_ready(line.as_bytes()), Some(ready));
+        assert_eq!(read_ready(&b""[..]), None);
+    }
+}
