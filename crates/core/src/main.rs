@@ -1,5 +1,5 @@
 //! `berth-core`: the runtime core. Listens on a Unix socket (direct backend) and, in the VM, on
-//! vsock; see `berth_core::server`.
+//! vsock (`--listen vsock:PORT`); see `berth_core::server`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,15 +8,15 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::UnixListener;
 
-use berth_core::images::ImageService;
 use berth_core::server::Core;
 
 #[derive(Parser)]
 #[command(name = "berth-core", version, about = "Berth's runtime core")]
 struct Args {
-    /// Unix socket to listen on (created owner-only).
+    /// Where to listen: a Unix socket path (created owner-only), or `vsock:PORT` for AF_VSOCK
+    /// on any CID (inside the VM).
     #[arg(long)]
-    listen: PathBuf,
+    listen: Listen,
     /// Where the content store, snapshots and metadata live.
     #[arg(long)]
     data_root: PathBuf,
@@ -30,27 +30,67 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // The per-container supervisor: the core runs this binary as `berth-core shim …`.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {
+        let shim = berth_core::container::shim::ShimArgs::parse_from(std::env::args_os().skip(1));
+        return berth_core::container::shim::run(shim).map_err(anyhow::Error::from);
+    }
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(run(args))
+        .context("starting the runtime")?;
+    let result = runtime.block_on(run(args));
+    // Requests blocked in a wait (`docker wait`, a follow of logs) must not keep a stopping
+    // core alive: containers live in their shims, not here.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+#[derive(Clone)]
+enum Listen {
+    Unix(PathBuf),
+    Vsock(u32),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Listen, String> {
+        match s.strip_prefix("vsock:") {
+            Some(port) => port
+                .parse()
+                .map(Listen::Vsock)
+                .map_err(|e| format!("bad vsock port {port:?}: {e}")),
+            None => Ok(Listen::Unix(PathBuf::from(s))),
+        }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let images = ImageService::open(&args.data_root)
+    match args.listen.clone() {
+        Listen::Unix(path) => run_unix(args, path).await,
+        Listen::Vsock(port) => run_vsock(args, port).await,
+    }
+}
+
+fn open_core(args: &Args) -> anyhow::Result<Arc<Core>> {
+    let core = Core::open(&args.data_root, None)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("opening the store at {}", args.data_root.display()))?;
-    let core = Arc::new(Core { images });
-    let _ = std::fs::remove_file(&args.listen);
+    Ok(Arc::new(core))
+}
+
+async fn run_unix(args: Args, path: PathBuf) -> anyhow::Result<()> {
+    let core = open_core(&args)?;
+    let _ = std::fs::remove_file(&path);
     let listener = {
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let l = UnixListener::bind(&args.listen);
+        let l = UnixListener::bind(&path);
         nix::sys::stat::umask(old);
-        l.with_context(|| format!("listening on {}", args.listen.display()))?
+        l.with_context(|| format!("listening on {}", path.display()))?
     };
-    tracing::info!("berth-core listening on {}", args.listen.display());
+    tracing::info!("berth-core listening on {}", path.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -62,6 +102,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    let _ = std::fs::remove_file(&args.listen);
+    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// In the VM: every host connection arrives on one vsock port; its hello names the channel.
+#[cfg(target_os = "linux")]
+async fn run_vsock(args: Args, port: u32) -> anyhow::Result<()> {
+    let core = open_core(&args)?;
+    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+        tokio_vsock::VMADDR_CID_ANY,
+        port,
+    ))
+    .with_context(|| format!("listening on vsock port {port}"))?;
+    tracing::info!("berth-core listening on vsock port {port}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.context("accepting")?;
+                tokio::spawn(core.clone().serve_connection(stream));
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn run_vsock(_args: Args, port: u32) -> anyhow::Result<()> {
+    anyhow::bail!("vsock:{port}: AF_VSOCK listening is only available on Linux")
 }
