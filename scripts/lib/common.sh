@@ -39,6 +39,25 @@ RUNTIME_APT=(ca-certificates)
 # docker.io: Debian's dockerd 20.10, the reference the tests compare with (started by hand).
 TEST_APT=(docker-registry skopeo umoci busybox-static apache2-utils jq openssl zstd python3 curl docker.io)
 
+# QEMU for the VM backend's tests. Some machines carry a newer qemu-utils (from backports) than
+# the qemu-system-x86 Debian ships, which blocks the install: then take Debian's qemu-utils too.
+ensure_qemu() {
+  command -v qemu-system-x86_64 >/dev/null && return 0
+  ensure_apt qemu-system-x86 2>/dev/null && return 0
+  local ver
+  ver=$(apt-cache policy qemu-system-x86 | sed -n 's/^ *Candidate: //p')
+  say "installing qemu-system-x86 $ver (with the matching qemu-utils)"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    --allow-downgrades "qemu-system-x86=$ver" "qemu-utils=$ver" >/dev/null
+}
+
+# The vhost-user vsock device QEMU talks to where /dev/vhost-vsock is missing (rust-vmm).
+ensure_vhost_vsock() {
+  command -v vhost-device-vsock >/dev/null && return 0
+  say "cargo install vhost-device-vsock"
+  cargo install --locked --quiet vhost-device-vsock
+}
+
 build_workspace() {
   say "building (target dir $CARGO_TARGET_DIR)"
   (cd "$BERTH_ROOT" && cargo build --workspace --bins --quiet)

@@ -5,8 +5,9 @@
 //! same protocol (`berth-proto`) over what `dial` returns, so berthd has one code path.
 //!
 //! Backends today: [`direct::DirectBackend`] (Linux host, no VM: the `berth-core` binary runs as
-//! a child process and listens on a Unix socket). QEMU, Virtualization.framework and Hyper-V come
-//! with the VM issue.
+//! a child process and listens on a Unix socket) and [`qemu::QemuBackend`] (the guest from
+//! `vm-image/`, over hybrid vsock; docs/vm.md). Virtualization.framework and Hyper-V come with
+//! the VM issue.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,8 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub mod direct;
+#[cfg(target_os = "linux")]
+pub mod qemu;
 
 /// A bidirectional byte stream to the guest.
 pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin {}
