@@ -48,7 +48,8 @@ use spec::SpecError;
 use store::{ContainerRecord, ContainerStore, StoreError};
 
 /// How often waits, stops and log followers look at a container's state file.
-const POLL: Duration = Duration::from_millis(50);
+// State files are small and local: polling them often costs little and keeps `run` snappy.
+const POLL: Duration = Duration::from_millis(10);
 /// How often the auto-remove monitor looks.
 const MONITOR: Duration = Duration::from_millis(200);
 /// passwd and group files larger than this are refused.
@@ -674,7 +675,17 @@ impl ContainerService {
                             v.generation > first.generation
                         }
                 }
-                WaitCondition::Removed => false,
+                WaitCondition::Removed => {
+                    // `docker run --rm` waits here: remove at once rather than at the
+                    // monitor's next round.
+                    if v.generation > 0 && !v.running && rec.spec.host.auto_remove {
+                        if let Err(e) = self.remove(&ContainerRef(id.clone()), true) {
+                            tracing::warn!("auto-removing container {id}: {e}");
+                        }
+                        continue;
+                    }
+                    false
+                }
             };
             if done {
                 return Ok(last);
