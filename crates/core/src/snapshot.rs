@@ -23,12 +23,37 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
+use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+
+/// rename(2) that refuses to replace an existing target. Called through the raw syscall because
+/// nix only wraps renameat2 for glibc, and the guest's core is a static musl binary.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<(), Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call; renameat2
+    // reads them and touches no other memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
 
 /// Errors of the snapshot store.
 #[derive(Debug, thiserror::Error)]
@@ -232,13 +257,7 @@ impl PreparedSnapshot {
             .map_err(|e| io_err("syncing the filesystem of", &meta)(e.into()))?;
         drop(f);
         let target = self.snapshots.join(info.chain_id.hex());
-        match renameat2(
-            None,
-            &self.dir,
-            None,
-            &target,
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        match rename_noreplace(&self.dir, &target) {
             Ok(()) => {
                 self.committed = true;
                 fsync_dir(&self.snapshots).map_err(io_err("syncing", &self.snapshots))?;
