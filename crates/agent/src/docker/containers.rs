@@ -46,6 +46,17 @@ fn opt_str(v: &Value) -> Option<String> {
     v.as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
+/// A JSON object of strings (Labels, Tmpfs) as a map; anything else is empty.
+fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The create body (Docker's Config with HostConfig inside) as a [`ContainerSpec`].
 pub fn spec_from_body(
     body: &Value,
@@ -53,22 +64,8 @@ pub fn spec_from_body(
     image_id: String,
 ) -> Result<ContainerSpec, ApiError> {
     let h = &body["HostConfig"];
-    let labels: BTreeMap<String, String> = body["Labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let tmpfs: BTreeMap<String, String> = h["Tmpfs"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let labels = string_map(&body["Labels"]);
+    let tmpfs = string_map(&h["Tmpfs"]);
     let network_mode = match h["NetworkMode"].as_str().unwrap_or("") {
         "" | "default" => "bridge".to_string(),
         m => m.to_string(),

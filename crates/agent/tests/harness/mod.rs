@@ -173,17 +173,22 @@ fn spawn(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Child 
 
 impl Drop for Berthd {
     fn drop(&mut self) {
-        let _ = nix_kill_term(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// SIGTERM, then SIGKILL when the process has not exited within `grace`.
+fn stop(child: &mut Child, grace: Duration) {
+    let _ = nix_kill_term(child.id());
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn nix_kill_term(pid: u32) -> std::io::Result<()> {
@@ -275,16 +280,7 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = nix_kill_term(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(20));
         // dockerd leaves mounts under its roots behind; unmount them before the temp dir goes.
         let root = self.dir.path().display().to_string();
         if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
