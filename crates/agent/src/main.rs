@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use berth_registry::RegistryConfig;
 use berth_vm::direct::{DirectBackend, DirectConfig};
+use berth_vm::qemu::{GuestArch, QemuBackend, QemuConfig};
 use berth_vm::VmBackend;
 use clap::Parser;
 
@@ -19,9 +20,20 @@ use berth_agent::daemon::{self, Daemon};
     about = "Berth's host agent: the Docker API on a Unix socket"
 )]
 struct Args {
-    /// Where the core runs: `direct` (Linux host, no VM). The VM backends come next.
+    /// Where the core runs: `direct` (Linux host, no VM: berth-core as a child process) or
+    /// `qemu` (the guest from vm-image/build under QEMU).
     #[arg(long, default_value = "direct")]
     backend: String,
+    /// The guest built by `vm-image/build` (qemu backend): a directory holding the kernel
+    /// (bzImage or Image) and initramfs.cpio.gz. Default: ~/.cache/berth/vm/<arch>.
+    #[arg(long, env = "BERTH_VM_IMAGE")]
+    vm_image: Option<PathBuf>,
+    /// VM CPUs (qemu backend).
+    #[arg(long, default_value_t = 2)]
+    vm_cpus: u32,
+    /// VM memory in MiB (qemu backend).
+    #[arg(long, default_value_t = 1024)]
+    vm_memory: u32,
     /// The socket to serve (created 0600).
     #[arg(long, env = "BERTH_SOCKET")]
     socket: Option<PathBuf>,
@@ -58,6 +70,42 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+fn qemu_backend(args: &Args, data_root: &std::path::Path) -> anyhow::Result<QemuBackend> {
+    let arch = GuestArch::host().context("no guest architecture for this host")?;
+    let dir = match &args.vm_image {
+        Some(d) => d.clone(),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/berth/vm")
+            .join(arch.as_str()),
+    };
+    let kernel = ["bzImage", "Image", "vmlinux"]
+        .iter()
+        .map(|k| dir.join(k))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no guest kernel in {}: run vm-image/build", dir.display()))?;
+    let initramfs = dir.join("initramfs.cpio.gz");
+    if !initramfs.is_file() {
+        bail!("no initramfs in {}: run vm-image/build", dir.display());
+    }
+    let mut config = QemuConfig::new(arch, kernel, initramfs, data_root.join("vm"));
+    config.cpus = args.vm_cpus;
+    config.memory_mib = args.vm_memory;
+    config.vsock_helper = find_program("vhost-device-vsock")
+        .context("vhost-device-vsock is not installed (cargo install vhost-device-vsock)")?;
+    Ok(QemuBackend::new(config))
+}
+
+/// A program on PATH or in cargo's bin directory.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
 fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
     let mut config = RegistryConfig::default();
     if !args.registry_mirrors.is_empty() {
@@ -81,38 +129,37 @@ fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.backend != "direct" {
-        bail!(
-            "backend {:?} is not available yet: use --backend direct",
-            args.backend
-        );
-    }
     let socket = args.socket.clone().unwrap_or_else(daemon::default_socket);
     let data_root = args
         .data_root
         .clone()
         .unwrap_or_else(daemon::default_data_root);
-    let core_binary = match &args.core_binary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("berthd has no parent directory")?
-            .join("berth-core"),
-    };
-    if !nix::unistd::geteuid().is_root() {
-        tracing::warn!(
-            "the direct backend runs berth-core as this user; unpacking layers (owners, devices) needs root"
-        );
-    }
-    let core_socket = data_root.join("core.sock");
     std::fs::create_dir_all(&data_root)
         .with_context(|| format!("creating {}", data_root.display()))?;
-    let backend: Arc<dyn VmBackend> = Arc::new(DirectBackend::new(DirectConfig {
-        core_binary,
-        data_root: data_root.join("core"),
-        socket: core_socket,
-        start_timeout: Duration::from_secs(30),
-    }));
+    let backend: Arc<dyn VmBackend> = match args.backend.as_str() {
+        "direct" => {
+            let core_binary = match &args.core_binary {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("berthd has no parent directory")?
+                    .join("berth-core"),
+            };
+            if !nix::unistd::geteuid().is_root() {
+                tracing::warn!(
+                    "the direct backend runs berth-core as this user; unpacking layers (owners, devices) needs root"
+                );
+            }
+            Arc::new(DirectBackend::new(DirectConfig {
+                core_binary,
+                data_root: data_root.join("core"),
+                socket: data_root.join("core.sock"),
+                start_timeout: Duration::from_secs(30),
+            }))
+        }
+        "qemu" => Arc::new(qemu_backend(&args, &data_root)?),
+        other => bail!("unknown backend {other:?}: use direct or qemu"),
+    };
     let listener = daemon::bind_socket(&socket)?;
     backend.start().await.context("starting the core")?;
     let daemon = Arc::new(Daemon::new(backend.clone(), registry_config(&args)?)?);

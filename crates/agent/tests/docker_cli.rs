@@ -640,3 +640,55 @@ fn detached_container_runs_until_stopped() {
     assert_eq!(state.trim(), "exited");
     d.docker_ok(&["rm", "sleeper"]);
 }
+
+// ---- the QEMU backend ---------------------------------------------------------------------
+
+/// The same Docker workflow through the VM: berthd boots the guest under QEMU (TCG here), pulls
+/// stream over vsock into the core inside, containers run under crun in the guest, and the
+/// store on the VM's data disk survives a berthd (and so VM) restart.
+#[test]
+fn through_the_qemu_backend_pull_run_and_restart() {
+    let fx = fixtures();
+    let image_dir = harness::guest_image();
+    let image_dir = image_dir.display().to_string();
+    let mut d = Berthd::start(&["--backend", "qemu", "--vm-image", &image_dir]);
+    let info = d.docker_ok(&["info", "--format", "{{.OperatingSystem}}"]);
+    assert!(info.contains("qemu backend"), "{info}");
+    let open = &fx["BERTH_FIX_OPEN"];
+    let busybox = format!("{open}/berth/busybox:latest");
+    d.docker_ok(&["pull", &busybox]);
+    let out = d.docker_ok(&["run", "--rm", &format!("{open}/berth/hello:latest")]);
+    assert!(out.contains("Hello from Berth!"), "{out}");
+    let id = d.docker_ok(&[
+        "run",
+        "-d",
+        &busybox,
+        "sh",
+        "-c",
+        "echo in the guest; uname -r",
+    ]);
+    let id = id.trim();
+    assert_eq!(d.docker_ok(&["wait", id]).trim(), "0");
+    let logs = d.docker_ok(&["logs", id]);
+    assert!(logs.starts_with("in the guest\n"), "{logs}");
+    let runtime = d.docker_ok(&["inspect", "--format", "{{.HostConfig.Runtime}}", id]);
+    assert_eq!(runtime.trim(), "crun", "pure cgroup v2 in the guest: crun");
+
+    d.restart();
+    let images = d.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(
+        images.contains(&busybox),
+        "images survive the VM restart: {images}"
+    );
+    let state = d.docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        id,
+    ]);
+    assert_eq!(
+        state.trim(),
+        "exited 0",
+        "the stopped container survives too"
+    );
+}

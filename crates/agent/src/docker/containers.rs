@@ -589,9 +589,13 @@ pub async fn attach(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
+                // Output only: the core does not take stdin yet, and passing the client's
+                // half-close on would end the whole stream on transports without half-close
+                // (the hybrid vsock of the VM backend).
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);
                 let mut core = core_stream;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut core).await;
+                let _ = tokio::io::copy(&mut core, &mut client).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut client).await;
             }
             Err(e) => tracing::debug!("attach upgrade failed: {e}"),
         }

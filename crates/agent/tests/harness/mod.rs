@@ -62,6 +62,30 @@ pub struct Berthd {
     args: Vec<String>,
 }
 
+/// The amd64 guest, built (or found up to date) by `vm-image/build`; its output directory.
+/// The VM tests are on only with BERTH_VM_TESTS=1 (scripts/test sets it and installs QEMU).
+pub fn guest_image() -> PathBuf {
+    if std::env::var("BERTH_VM_TESTS").as_deref() != Ok("1") {
+        panic!("this test boots the QEMU backend: run it through ./scripts/test, or set BERTH_VM_TESTS=1 with qemu-system-x86 and vhost-device-vsock installed")
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vm-image/build");
+    let out = Command::new(&script)
+        .arg("amd64")
+        .output()
+        .expect("running vm-image/build");
+    assert!(
+        out.status.success(),
+        "vm-image/build amd64: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kernel = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel="))
+        .expect("vm-image/build prints kernel=");
+    Path::new(kernel).parent().unwrap().to_path_buf()
+}
+
 impl Berthd {
     pub fn start(extra: &[&str]) -> Berthd {
         let dir = tempfile::tempdir().unwrap();
@@ -82,7 +106,7 @@ impl Berthd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let log =
@@ -100,6 +124,13 @@ impl Berthd {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops berthd cleanly (SIGTERM) and starts it again on the same data root.
+    pub fn restart(&mut self) {
+        stop(&mut self.child, Duration::from_secs(30));
+        self.child = spawn(&self.socket, &self.data_root, &self.args, self.dir.path());
+        self.wait_ready();
     }
 
     /// Kills berthd (SIGKILL: no clean-up) and starts it again on the same data root.
