@@ -383,8 +383,17 @@ fn socket_is_owner_only_and_version_negotiates() {
     assert_eq!(mode, 0o600);
     let v = d.docker_ok(&["version", "--format", "{{.Server.APIVersion}}"]);
     assert_eq!(v.trim(), "1.45");
-    let info = d.docker_ok(&["info", "--format", "{{.OperatingSystem}}"]);
+    let info = d.docker_ok(&[
+        "info",
+        "--format",
+        "{{.OperatingSystem}}|{{.DefaultRuntime}}",
+    ]);
     assert!(info.contains("Berth"), "{info}");
+    let runtime = info.trim().rsplit('|').next().unwrap();
+    assert!(
+        ["runc", "crun"].contains(&runtime),
+        "/info names the OCI runtime: {info}"
+    );
 }
 
 /// The edge-case image, merged by the kernel's overlayfs exactly as a container will see it,
@@ -611,6 +620,8 @@ fn container_lifecycle_create_start_logs_wait_ps_rm() {
     assert_eq!(state.trim(), "exited 3");
     let ps = d.docker_ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.contains("lc Exited (3)"), "{ps}");
+    let counts = d.docker_ok(&["info", "--format", "{{.Containers}} {{.ContainersStopped}}"]);
+    assert_eq!(counts.trim(), "1 1");
 
     let dup = d.docker(&["create", "--name", "lc", &image]);
     assert!(
@@ -673,6 +684,8 @@ fn through_the_qemu_backend_pull_run_and_restart() {
     assert!(logs.starts_with("in the guest\n"), "{logs}");
     let runtime = d.docker_ok(&["inspect", "--format", "{{.HostConfig.Runtime}}", id]);
     assert_eq!(runtime.trim(), "crun", "pure cgroup v2 in the guest: crun");
+    let info = d.docker_ok(&["info", "--format", "{{.DefaultRuntime}}"]);
+    assert_eq!(info.trim(), "crun");
 
     d.restart();
     let images = d.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);

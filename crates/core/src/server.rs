@@ -338,7 +338,23 @@ impl Core {
             data_root: self.images.root().display().to_string(),
             images: self.images.image_count(),
             storage_driver: "overlayfs".into(),
+            runtime: crate::container::runtime::choose(),
+            containers: self.container_counts(),
         }
+    }
+
+    fn container_counts(&self) -> berth_proto::ContainerCounts {
+        use berth_proto::ContainerStatus::*;
+        let mut c = berth_proto::ContainerCounts::default();
+        for info in self.containers.list(true).unwrap_or_default() {
+            c.total += 1;
+            match info.state.status {
+                Running | Restarting => c.running += 1,
+                Paused => c.paused += 1,
+                _ => c.stopped += 1,
+            }
+        }
+        c
     }
 
     async fn serve_blob<S>(self: Arc<Self>, stream: S, bw: BlobWrite)

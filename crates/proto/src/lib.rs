@@ -199,6 +199,19 @@ pub struct CoreInfo {
     pub data_root: String,
     pub images: u64,
     pub storage_driver: String,
+    /// The OCI runtime new containers get ("runc" or "crun").
+    #[serde(default)]
+    pub runtime: String,
+    #[serde(default)]
+    pub containers: ContainerCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ContainerCounts {
+    pub total: u64,
+    pub running: u64,
+    pub paused: u64,
+    pub stopped: u64,
 }
 
 /// Errors crossing the boundary: a closed set of codes plus a human message.

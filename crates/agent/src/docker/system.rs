@@ -71,6 +71,11 @@ pub async fn info(daemon: &Daemon) -> ApiResult {
         Ok(Response::Info(i)) => Some(i),
         _ => None,
     };
+    let counts = core
+        .as_ref()
+        .map(|c| c.containers.clone())
+        .unwrap_or_default();
+    let runtime = core.as_ref().map(|c| c.runtime.clone()).unwrap_or_default();
     let ncpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -89,7 +94,8 @@ pub async fn info(daemon: &Daemon) -> ApiResult {
         StatusCode::OK,
         &json!({
             "ID": daemon.id, "Name": nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-            "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+            "Containers": counts.total, "ContainersRunning": counts.running,
+            "ContainersPaused": counts.paused, "ContainersStopped": counts.stopped,
             "Images": core.as_ref().map(|c| c.images).unwrap_or(0),
             "Driver": core.as_ref().map(|c| c.storage_driver.clone()).unwrap_or_default(),
             "DriverStatus": [], "Plugins": { "Volume": [], "Network": [], "Authorization": null, "Log": [] },
@@ -108,6 +114,7 @@ pub async fn info(daemon: &Daemon) -> ApiResult {
             "DockerRootDir": core.as_ref().map(|c| c.data_root.clone()).unwrap_or_default(),
             "ServerVersion": VERSION, "Labels": [], "ExperimentalBuild": false,
             "SecurityOptions": [], "Warnings": [],
+            "DefaultRuntime": runtime, "Runtimes": { runtime.clone(): { "path": runtime } },
             "Berth": { "Backend": backend.name(), "VmState": state.to_string(),
                        "CoreSoftware": core.as_ref().map(|c| c.software.clone()) },
         }),
