@@ -646,10 +646,30 @@ fn detached_container_runs_until_stopped() {
     assert!(ps.contains("sleeper running"), "{ps}");
     let r = d.docker(&["rm", "sleeper"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot remove a running container"));
+    let started = d.docker_ok(&["inspect", "--format", "{{.State.StartedAt}}", "sleeper"]);
+    d.docker_ok(&["restart", "-t", "1", "sleeper"]);
+    let again = d.docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.StartedAt}}",
+        "sleeper",
+    ]);
+    assert!(again.starts_with("running "), "{again}");
+    assert_ne!(
+        again.trim().split(' ').nth(1),
+        Some(started.trim()),
+        "restart started it anew"
+    );
     d.docker_ok(&["stop", "-t", "1", "sleeper"]);
     let state = d.docker_ok(&["inspect", "--format", "{{.State.Status}}", "sleeper"]);
     assert_eq!(state.trim(), "exited");
-    d.docker_ok(&["rm", "sleeper"]);
+    // prune removes stopped containers and leaves running ones.
+    d.docker_ok(&["run", "-d", "--name", "keeper", &image, "sleep", "300"]);
+    let out = d.docker_ok(&["container", "prune", "-f"]);
+    assert!(out.contains("Deleted Containers"), "{out}");
+    let left = d.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert_eq!(left.trim(), "keeper", "{left}");
+    d.docker_ok(&["rm", "-f", "keeper"]);
 }
 
 // ---- the QEMU backend ---------------------------------------------------------------------

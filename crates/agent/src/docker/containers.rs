@@ -228,6 +228,81 @@ pub async fn stop(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     .await
 }
 
+/// `docker restart`: stop (signal, then SIGKILL after the timeout) if running, then start.
+pub async fn restart(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
+    let info = inspect_info(daemon, id).await?;
+    let container = ContainerRef(info.id.clone());
+    if matches!(
+        info.state.status,
+        ContainerStatus::Running | ContainerStatus::Paused
+    ) {
+        let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse().ok());
+        let signal = q
+            .get("signal")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let stop = Request::ContainerStop {
+            container: container.clone(),
+            signal,
+            timeout,
+        };
+        simple(daemon, stop, id, StatusCode::NO_CONTENT).await?;
+    }
+    simple(
+        daemon,
+        Request::ContainerStart { container },
+        id,
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+/// `docker container prune`: removes every container that is not running (label filters
+/// honoured), and says which.
+pub async fn prune(daemon: &Daemon, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    let containers = match daemon
+        .core
+        .call(Request::ContainerList { all: true })
+        .await?
+    {
+        Response::Containers { containers } => containers,
+        other => return Err(unexpected(other)),
+    };
+    let mut deleted = Vec::new();
+    for c in containers {
+        if matches!(
+            c.state.status,
+            ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+        ) {
+            continue;
+        }
+        if let Some(labels) = filters.get("label") {
+            let ok = labels.iter().all(|l| match l.split_once('=') {
+                Some((k, v)) => c.spec.labels.get(k).map(String::as_str) == Some(v),
+                None => c.spec.labels.contains_key(l),
+            });
+            if !ok {
+                continue;
+            }
+        }
+        let req = Request::ContainerRemove {
+            container: ContainerRef(c.id.clone()),
+            force: false,
+            volumes: false,
+        };
+        match daemon.core.call(req).await {
+            Ok(_) => deleted.push(c.id),
+            // Started (or removed) since the listing: not ours to prune any more.
+            Err(e) => tracing::debug!("prune skipped {}: {e}", c.id),
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": 0 }),
+    ))
+}
+
 pub async fn kill(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     let info = inspect_info(daemon, id).await?;
     if info.state.status != ContainerStatus::Running {

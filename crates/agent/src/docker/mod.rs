@@ -257,6 +257,9 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     if m == Method::GET && p == "/containers/json" {
         return containers::list(&daemon, &query).await;
     }
+    if m == Method::POST && p == "/containers/prune" {
+        return containers::prune(&daemon, &query).await;
+    }
     if m == Method::POST && p == "/containers/create" {
         let body = read_body(req).await?;
         return containers::create(&daemon, &query, &body).await;
@@ -269,6 +272,7 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             (Method::POST, "start") => containers::start(&daemon, id).await,
             (Method::POST, "stop") => containers::stop(&daemon, id, &query).await,
             (Method::POST, "kill") => containers::kill(&daemon, id, &query).await,
+            (Method::POST, "restart") => containers::restart(&daemon, id, &query).await,
             (Method::POST, "wait") => containers::wait(daemon.clone(), id, &query).await,
             (Method::POST, "attach") => containers::attach(daemon.clone(), id, &query, req).await,
             (Method::DELETE, "") => containers::remove(&daemon, id, &query).await,
