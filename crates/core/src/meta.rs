@@ -29,21 +29,22 @@ pub enum MetaError {
     Corrupt { key: String, message: String },
 }
 
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for MetaError {
-            fn from(e: $t) -> Self { MetaError::Db(e.to_string()) }
+/// `From` every redb error type into `Error::Variant(String)`: the stores built on redb (this
+/// one, the container records) report its failures as text.
+macro_rules! from_redb_errors {
+    ($err:ident :: $variant:ident) => {
+        $crate::meta::from_redb_errors!(@each $err::$variant; redb::Error, redb::DatabaseError,
+            redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+    };
+    (@each $err:ident :: $variant:ident; $($t:ty),*) => {$(
+        impl From<$t> for $err {
+            fn from(e: $t) -> Self { $err::$variant(e.to_string()) }
         }
     )*};
 }
-db_err!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+pub(crate) use from_redb_errors;
+
+from_redb_errors!(MetaError::Db);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ImageRecord {

@@ -28,21 +28,7 @@ pub enum StoreError {
     NameInUse { name: String, id: String },
 }
 
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
-        }
-    )*};
-}
-db_err!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::meta::from_redb_errors!(StoreError::Db);
 
 /// The process a container runs: the image config merged with the request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
