@@ -655,12 +655,27 @@ pub async fn attach(
         .attach(request)
         .await
         .map_err(|e| not_found_or(e, id))?;
-    let upgrade = req.headers().get(header::UPGRADE).is_some();
     let ct = if info.spec.tty {
         "application/vnd.docker.raw-stream"
     } else {
         "application/vnd.docker.multiplexed-stream"
     };
+    if req.headers().get(header::UPGRADE).is_none() {
+        // A client that does not hijack gets the output as the response body.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        tokio::spawn(async move {
+            let mut chunks = tokio_util::io::ReaderStream::new(core_stream);
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut chunks).await {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut resp = super::json_stream(rx);
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, ct.parse().expect("valid header"));
+        return Ok(resp);
+    }
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
@@ -675,15 +690,13 @@ pub async fn attach(
             Err(e) => tracing::debug!("attach upgrade failed: {e}"),
         }
     });
-    let mut b = hyper::Response::builder().header(header::CONTENT_TYPE, ct);
-    b = if upgrade {
-        b.status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "tcp")
-    } else {
-        b.status(StatusCode::OK)
-    };
-    Ok(b.body(super::full(Bytes::new())).expect("valid response"))
+    Ok(hyper::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONTENT_TYPE, ct)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(super::full(Bytes::new()))
+        .expect("valid response"))
 }
 
 #[cfg(test)]
