@@ -287,12 +287,12 @@ fn a_lying_registry_gets_a_clear_error_and_leaves_the_store_as_it_was() {
 
     for (lie, expect) in [
         (Lie::WrongDigest, "digest"),
-        (Lie::Truncated, ""),
+        (Lie::Truncated, "connection closed"),
         (Lie::ServerError, "500"),
-        (Lie::UnauthorizedAfterLogin, ""),
+        (Lie::UnauthorizedAfterLogin, "credentials were refused"),
         (Lie::MalformedManifest, "manifest"),
         (Lie::WrongDiffId, "diff"),
-        (Lie::EscapingLayer, ".."),
+        (Lie::EscapingLayer, "\"..\" component"),
     ] {
         let host = start(lie);
         if lie == Lie::UnauthorizedAfterLogin {
@@ -724,4 +724,34 @@ fn through_the_qemu_backend_pull_run_and_restart() {
         "exited 0",
         "the stopped container survives too"
     );
+}
+
+/// A client that does not hijack the connection (plain HTTP, as curl) gets the output in the
+/// response body, stdcopy-framed, from the start it attached before.
+#[test]
+fn attach_without_hijack_streams_the_output_as_the_body() {
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let image = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", "-q", &image]);
+    let id = d.docker_ok(&["create", &image, "echo", "through plain http"]);
+    let id = id.trim();
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--no-buffer", "-X", "POST", "--unix-socket"])
+        .arg(&d.socket)
+        .arg(format!(
+            "http://berth/containers/{id}/attach?stream=1&stdout=1&stderr=1"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl (scripts/test installs it)");
+    // Attached before the start, as `docker run` does.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.docker_ok(&["start", id]);
+    let out = curl.wait_with_output().unwrap();
+    let body = out.stdout;
+    assert!(body.len() > 8, "{body:?}");
+    assert_eq!(&body[..4], &[1, 0, 0, 0], "a stdout stdcopy header");
+    let len = u32::from_be_bytes(body[4..8].try_into().unwrap()) as usize;
+    assert_eq!(&body[8..8 + len], b"through plain http\n");
 }
