@@ -20,6 +20,10 @@ struct Args {
     /// Where the content store, snapshots and metadata live.
     #[arg(long)]
     data_root: PathBuf,
+    /// With `--listen vsock:…`: once listening, connect to the host (CID 2) on this vsock port,
+    /// write one line and close, so the host knows it can dial the core.
+    #[arg(long)]
+    ready_port: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,6 +120,14 @@ async fn run_vsock(args: Args, port: u32) -> anyhow::Result<()> {
     ))
     .with_context(|| format!("listening on vsock port {port}"))?;
     tracing::info!("berth-core listening on vsock port {port}");
+    if let Some(ready) = args.ready_port {
+        // Not fatal: a host that does not listen simply dials until the core answers.
+        if let Err(e) = announce_ready(ready).await {
+            tracing::warn!(
+                "could not tell the host on vsock port {ready} that the core is up: {e}"
+            );
+        }
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -127,6 +139,22 @@ async fn run_vsock(args: Args, port: u32) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    Ok(())
+}
+
+/// One short connection to the host: the guest's vsock driver is up and the core listens.
+#[cfg(target_os = "linux")]
+async fn announce_ready(port: u32) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_HOST, port);
+    let mut s = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio_vsock::VsockStream::connect(addr),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s"))??;
+    s.write_all(berth_proto::READY_LINE.as_bytes()).await?;
+    s.shutdown(std::net::Shutdown::Write)?;
     Ok(())
 }
 

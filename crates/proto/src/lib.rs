@@ -28,6 +28,12 @@ pub use image::*;
 pub const VERSION: u32 = 1;
 /// The vsock port (or its equivalent) the core listens on for every channel.
 pub const CORE_PORT: u32 = 1024;
+/// The host's vsock port the core in a VM connects to once it listens on [`CORE_PORT`]: the host
+/// dials the guest only after this, since a host connection sent before the guest's vsock driver
+/// is up can be lost by the device (hybrid vsock helpers leave it unanswered).
+pub const READY_PORT: u32 = 1025;
+/// What the core writes on its [`READY_PORT`] connection, before closing it.
+pub const READY_LINE: &str = "berth-core ready\n";
 /// Frames larger than this are refused: nothing on the control channel needs more (manifests
 /// and configs are capped at 4 MiB by the registry client).
 pub const MAX_FRAME: usize = 32 << 20;

@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_proto::{Channel, Hello, CORE_PORT};
+use berth_proto::{Channel, Hello, CORE_PORT, READY_LINE, READY_PORT};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
@@ -162,6 +162,8 @@ impl StatePaths {
 #[derive(Debug, Clone)]
 pub struct BootReport {
     pub accelerator: AccelChoice,
+    /// From spawning QEMU to the core's announcement on [`READY_PORT`].
+    pub to_ready: Duration,
     /// From spawning QEMU to the core's answer to the hello.
     pub to_handshake: Duration,
 }
@@ -278,6 +280,11 @@ impl QemuBackend {
         };
         tracing::info!("qemu backend: {} ({})", accel.accelerator, accel.reason);
 
+        // The guest announces its core on READY_PORT; only then does the host dial it. A
+        // connection request the helper queues before the guest's vsock driver is up can stay
+        // unanswered for good (seen on a second boot under TCG), so none is sent that early.
+        let ready = self.listen(READY_PORT)?;
+
         // The helper first: QEMU connects to its vhost-user socket at start.
         let mut helper_cmd = Command::new(&cfg.vsock_helper);
         helper_cmd.arg("--vm").arg(format!(
@@ -325,8 +332,10 @@ impl QemuBackend {
         })?;
         self.lock().qemu = Some(qemu);
 
-        // Until the core answers the hello on its port: the guest is up when its core is.
         let deadline = spawned + cfg.start_timeout;
+        let mut to_ready = None;
+        let announced = ready_line(&ready);
+        tokio::pin!(announced);
         loop {
             if let Some(status) = self.qemu_exit() {
                 return Err(self.start_error(format!(
@@ -341,11 +350,26 @@ impl QemuBackend {
                     tail_of(&self.paths.helper_log, 10)
                 )));
             }
-            let last_error = match tokio::time::timeout(Duration::from_secs(5), self.hello()).await
-            {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => e,
-                Err(_) => "the hello got no answer within 5 s".to_string(),
+            let last_error = if to_ready.is_none() {
+                match tokio::time::timeout(Duration::from_millis(100), &mut announced).await {
+                    Ok(Ok(())) => {
+                        to_ready = Some(spawned.elapsed());
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(self.start_error(format!(
+                            "waiting for the guest on vsock port {READY_PORT}: {e}"
+                        )))
+                    }
+                    Err(_) => format!("the core has not announced itself on port {READY_PORT}"),
+                }
+            } else {
+                // Then the hello proper, until the core answers it.
+                match tokio::time::timeout(Duration::from_secs(5), self.hello()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => e,
+                    Err(_) => "the hello got no answer within 5 s".to_string(),
+                }
             };
             if Instant::now() > deadline {
                 return Err(self.start_error(format!(
@@ -356,10 +380,17 @@ impl QemuBackend {
                     self.console_tail(20)
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if to_ready.is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
+        let _ = std::fs::remove_file(hybrid_vsock::listen_path(
+            &self.paths.vsock_socket,
+            READY_PORT,
+        ));
         let report = BootReport {
             accelerator: accel,
+            to_ready: to_ready.unwrap_or_default(),
             to_handshake: spawned.elapsed(),
         };
         tracing::info!(
@@ -442,6 +473,7 @@ impl QemuBackend {
             &self.paths.vhost_socket,
             &self.paths.vsock_socket,
             &self.paths.qmp_socket,
+            &hybrid_vsock::listen_path(&self.paths.vsock_socket, READY_PORT),
         ] {
             let _ = std::fs::remove_file(socket);
         }
@@ -531,6 +563,30 @@ impl Drop for QemuBackend {
         // kill_on_drop covers the children; this only tidies the sockets.
         for socket in [&self.paths.vhost_socket, &self.paths.qmp_socket] {
             let _ = std::fs::remove_file(socket);
+        }
+    }
+}
+
+/// Waits for a guest connection on `listener` that carries [`READY_LINE`]; other connections
+/// are logged and dropped.
+async fn ready_line(listener: &UnixListener) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let (s, _) = listener.accept().await?;
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            s.take(READY_LINE.len() as u64).read_to_end(&mut line),
+        )
+        .await;
+        match read {
+            Ok(Ok(_)) if line == READY_LINE.as_bytes() => return Ok(()),
+            Ok(Ok(_)) => tracing::warn!(
+                "ignoring a guest connection on port {READY_PORT} that said {:?}",
+                String::from_utf8_lossy(&line)
+            ),
+            Ok(Err(e)) => tracing::warn!("a guest connection on port {READY_PORT} failed: {e}"),
+            Err(_) => tracing::warn!("a guest connection on port {READY_PORT} said nothing"),
         }
     }
 }

@@ -133,8 +133,9 @@ async fn boots_the_guest_and_pings_the_core_over_vsock() {
         }
         let report = backend.last_boot().unwrap();
         eprintln!(
-            "{boot}: start() {:?}, QEMU to handshake {:?}, {} ({})",
+            "{boot}: start() {:?}, QEMU to the core's announcement {:?}, to handshake {:?}, {} ({})",
             started.elapsed(),
+            report.to_ready,
             report.to_handshake,
             report.accelerator.accelerator,
             report.accelerator.reason
