@@ -1,12 +1,14 @@
-//! `berth`: Berth's command line. For now it reports on berthd; start/stop/doctor come with the
-//! VM issue.
+//! `berth`: Berth's command line. Starts and stops the engine (berthd, and with it the VM),
+//! reports on it, and checks the machine (`doctor`).
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+
+mod doctor;
+mod engine;
 
 #[derive(Parser)]
 #[command(
@@ -24,46 +26,138 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Is berthd up, which backend, what state is the core in.
+    /// Start berthd in the background (and so the VM) unless it already answers; returns once
+    /// the Docker API does.
+    Start {
+        /// `qemu` (a VM) or `direct` (berth-core on this Linux host).
+        #[arg(long, env = "BERTH_BACKEND", default_value = "qemu")]
+        backend: String,
+        /// The berthd executable (default: beside `berth`, else on PATH).
+        #[arg(long)]
+        berthd: Option<PathBuf>,
+        /// Where berthd writes its log (default: beside the socket).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Seconds to wait for the engine.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// More berthd options, after `--` (e.g. `-- --data-root DIR --vm-memory 2048`).
+        #[arg(last = true)]
+        berthd_args: Vec<String>,
+    },
+    /// Stop berthd: it stops the VM (containers' supervisors on the direct backend keep
+    /// running). SIGKILL after the timeout.
+    Stop {
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
+    /// Is berthd up, which backend, what state is the core in. Exit status 1 when it is not
+    /// running.
     Status,
+    /// Check what Berth needs on this machine. Exit status 1 when something would stop it.
+    Doctor {
+        /// The backend to check for.
+        #[arg(long, env = "BERTH_BACKEND", default_value = "qemu")]
+        backend: String,
+        /// The guest image directory (default: ~/.cache/berth/vm/<arch>).
+        #[arg(long, env = "BERTH_VM_IMAGE")]
+        vm_image: Option<PathBuf>,
+        /// berthd's data root (default as berthd's).
+        #[arg(long, env = "BERTH_DATA_ROOT")]
+        data_root: Option<PathBuf>,
+    },
 }
 
+/// As berthd's own default (crates/agent daemon::default_socket).
 fn default_socket() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("berth/berthd.sock"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".berth/run/berthd.sock"),
+        None => home().join(".berth/run/berthd.sock"),
     }
 }
 
-/// One GET over the socket; HTTP/1.0 so the body ends with the connection.
-fn get(socket: &PathBuf, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach berthd at {} (is it running?)",
-            socket.display()
-        )
-    })?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: berthd\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .context("malformed answer from berthd")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed status line from berthd")?;
-    Ok((status, body.to_string()))
+/// As berthd's own default (crates/agent daemon::default_data_root).
+fn default_data_root() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) => PathBuf::from(d).join("berth"),
+        None => home().join(".local/share/berth"),
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn default_vm_image() -> PathBuf {
+    let arch = berth_vm::qemu::GuestArch::host()
+        .map(|a| a.as_str())
+        .unwrap_or("amd64");
+    home().join(".cache/berth/vm").join(arch)
+}
+
+fn find_berthd() -> anyhow::Result<PathBuf> {
+    let beside = std::env::current_exe()?.with_file_name("berthd");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    doctor::find_program("berthd").context("berthd not found beside berth nor on PATH")
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let socket = args.socket.unwrap_or_else(default_socket);
     match args.command {
+        Command::Start {
+            backend,
+            berthd,
+            log,
+            timeout,
+            berthd_args,
+        } => {
+            let berthd = match berthd {
+                Some(p) => p,
+                None => find_berthd()?,
+            };
+            let log = log.unwrap_or_else(|| socket.with_file_name("berthd.log"));
+            let mut args = vec!["--backend".to_string(), backend.clone()];
+            args.extend(berthd_args);
+            let opts = engine::StartOptions {
+                socket: socket.clone(),
+                berthd,
+                log,
+                args,
+                timeout: Duration::from_secs(timeout),
+            };
+            match engine::start(&opts, |line| eprintln!("{line}"))? {
+                engine::Started::Already => {
+                    println!("berthd is already running at {}", socket.display())
+                }
+                engine::Started::Now { pid, took } => println!(
+                    "berthd is up (pid {pid}, {backend} backend) after {:.1} s; try: docker -H unix://{} version",
+                    took.as_secs_f64(),
+                    socket.display()
+                ),
+            }
+        }
+        Command::Stop { timeout } => match engine::stop(&socket, Duration::from_secs(timeout))? {
+            engine::Stopped::NotRunning => {
+                println!("berthd is not running at {}", socket.display())
+            }
+            engine::Stopped::Now { pid, killed: false } => println!("berthd stopped (pid {pid})"),
+            engine::Stopped::Now { pid, killed: true } => {
+                println!("berthd (pid {pid}) did not stop within {timeout} s: killed")
+            }
+        },
         Command::Status => {
-            let (status, body) = get(&socket, "/info")?;
+            let (status, body) = match engine::request(&socket, "GET", "/info") {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("berthd:  not running ({e:#})");
+                    std::process::exit(1);
+                }
+            };
             if status != 200 {
                 bail!("berthd answered {status}: {body}");
             }
@@ -78,7 +172,34 @@ fn main() -> anyhow::Result<()> {
                 "core:    {}",
                 info["Berth"]["VmState"].as_str().unwrap_or("?")
             );
+            println!(
+                "runtime: {}",
+                info["DefaultRuntime"].as_str().unwrap_or("?")
+            );
+            println!(
+                "containers: {} ({} running)",
+                info["Containers"], info["ContainersRunning"]
+            );
             println!("images:  {}", info["Images"]);
+        }
+        Command::Doctor {
+            backend,
+            vm_image,
+            data_root,
+        } => {
+            let ctx = doctor::Context {
+                socket,
+                backend,
+                vm_image: vm_image.unwrap_or_else(default_vm_image),
+                data_root: data_root.unwrap_or_else(default_data_root),
+            };
+            let checks = doctor::run(&ctx);
+            for c in &checks {
+                println!("{c}");
+            }
+            if checks.iter().any(|c| c.level == doctor::Level::Fail) {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())
