@@ -62,3 +62,21 @@ build_workspace() {
   say "building (target dir $CARGO_TARGET_DIR)"
   (cd "$BERTH_ROOT" && cargo build --workspace --bins --quiet)
 }
+
+# The macOS and Windows VM backends (crates/vm/src/vz.rs, hyperv.rs) cannot run here, but they
+# must type-check: cargo check and clippy of berth-vm for their targets. Both need only the
+# targets' standard libraries (added with rustup when missing), no linker or SDK.
+FOREIGN_TARGETS=(aarch64-apple-darwin x86_64-pc-windows-msvc)
+check_foreign_targets() {
+  local installed t
+  installed=$(rustup target list --installed)
+  for t in "${FOREIGN_TARGETS[@]}"; do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t"
+  done
+  for t in "${FOREIGN_TARGETS[@]}"; do
+    say "cargo check + clippy berth-vm --target $t"
+    (cd "$BERTH_ROOT" &&
+      cargo check -p berth-vm --all-targets --quiet --target "$t" &&
+      cargo clippy -p berth-vm --no-deps --all-targets --quiet --target "$t" -- -D warnings)
+  done
+}

@@ -122,10 +122,18 @@ async fn run_vsock(args: Args, port: u32) -> anyhow::Result<()> {
     tracing::info!("berth-core listening on vsock port {port}");
     if let Some(ready) = args.ready_port {
         // Not fatal: a host that does not listen simply dials until the core answers.
-        if let Err(e) = announce_ready(ready).await {
-            tracing::warn!(
+        match announce_ready(ready).await {
+            // The guest's uptime, for `scripts/bench boot`'s split of the boot time.
+            Ok(()) => tracing::info!(
+                "berth-core ready (guest uptime {})",
+                std::fs::read_to_string("/proc/uptime")
+                    .ok()
+                    .and_then(|u| u.split_whitespace().next().map(str::to_string))
+                    .unwrap_or_else(|| "?".into())
+            ),
+            Err(e) => tracing::warn!(
                 "could not tell the host on vsock port {ready} that the core is up: {e}"
-            );
+            ),
         }
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

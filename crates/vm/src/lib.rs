@@ -4,19 +4,28 @@
 //! that runs `berth-core`, and `dial` a port on it to get a byte stream. Every backend carries the
 //! same protocol (`berth-proto`) over what `dial` returns, so berthd has one code path.
 //!
-//! Backends today: [`direct::DirectBackend`] (Linux host, no VM: the `berth-core` binary runs as
-//! a child process and listens on a Unix socket) and [`qemu::QemuBackend`] (the guest from
-//! `vm-image/`, over hybrid vsock; docs/vm.md). Virtualization.framework and Hyper-V come with
-//! the VM issue.
+//! Backends: `direct::DirectBackend` (Linux host, no VM: the `berth-core` binary runs as a child
+//! process and listens on a Unix socket), `qemu::QemuBackend` (Linux: the guest from `vm-image/`
+//! over hybrid vsock), `vz::VzBackend` (macOS: Virtualization.framework, VZVirtioSocketDevice)
+//! and `hyperv::HypervBackend` (Windows: the Host Compute Service, Hyper-V sockets); docs/vm.md.
+//! Each is compiled only on its host OS; [`guest`] and [`hcs`] are the platform-independent parts
+//! they share or build on.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+#[cfg(target_os = "linux")]
 pub mod direct;
+pub mod guest;
+pub mod hcs;
+#[cfg(windows)]
+pub mod hyperv;
 #[cfg(target_os = "linux")]
 pub mod qemu;
+#[cfg(target_os = "macos")]
+pub mod vz;
 
 /// A bidirectional byte stream to the guest.
 pub trait GuestStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -24,6 +33,51 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> GuestStream for T {}
 
 pub type BoxStream = Box<dyn GuestStream>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Connections the guest opens to one host port (vsock CID 2), as the VM backends that deliver
+/// them through a callback or a thread (vz, hyperv) hand them over. Dropping it stops listening.
+pub struct GuestListener {
+    port: u32,
+    incoming: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<BoxStream>>,
+    _registration: Box<dyn Send + Sync>,
+}
+
+impl GuestListener {
+    /// `registration` is dropped with the listener: its `Drop` unregisters the port.
+    pub fn new(
+        port: u32,
+        incoming: tokio::sync::mpsc::UnboundedReceiver<std::io::Result<BoxStream>>,
+        registration: impl Send + Sync + 'static,
+    ) -> GuestListener {
+        GuestListener {
+            port,
+            incoming,
+            _registration: Box::new(registration),
+        }
+    }
+
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// The next connection from the guest; an error once the machine stopped listening.
+    pub async fn accept(&mut self) -> Result<BoxStream, VmError> {
+        match self.incoming.recv().await {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(source)) => Err(VmError::Io {
+                context: format!("accepting a guest connection on port {}", self.port),
+                source,
+            }),
+            None => Err(VmError::Io {
+                context: format!("listening on port {}", self.port),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the machine stopped listening",
+                ),
+            }),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmState {

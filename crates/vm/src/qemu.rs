@@ -12,17 +12,16 @@
 //! Every file of a running machine lives in [`QemuConfig::state_dir`]; see docs/vm.md.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_proto::{Channel, Hello, CORE_PORT, READY_LINE, READY_PORT};
+use berth_proto::{CORE_PORT, READY_PORT};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
-use crate::{BoxFuture, BoxStream, VmBackend, VmError, VmState};
+use crate::{guest, BoxFuture, BoxStream, GuestListener, VmBackend, VmError, VmState};
 
 pub mod accel;
 mod command;
@@ -116,7 +115,7 @@ impl QemuConfig {
             kernel,
             initramfs,
             data_disk: state_dir.join("data.raw"),
-            data_disk_size: 64 << 30,
+            data_disk_size: guest::DEFAULT_DATA_DISK_SIZE,
             cpus: 2,
             memory_mib: 1024,
             state_dir,
@@ -220,17 +219,32 @@ impl QemuBackend {
 
     /// The last `lines` lines of the guest's serial console, control sequences removed.
     pub fn console_tail(&self, lines: usize) -> String {
-        tail_of(&self.paths.console_log, lines)
+        guest::console_tail(&self.paths.console_log, lines)
     }
 
-    /// Accepts connections the guest opens to `port` on the host (vsock CID 2).
-    pub fn listen(&self, port: u32) -> Result<UnixListener, VmError> {
+    /// Accepts connections the guest opens to `port` on the host (vsock CID 2): the helper
+    /// delivers them to `vsock.sock_<port>`. Dropping the listener stops it and removes the file.
+    pub fn listen(&self, port: u32) -> Result<GuestListener, VmError> {
         let path = hybrid_vsock::listen_path(&self.paths.vsock_socket, port);
         let _ = std::fs::remove_file(&path);
-        UnixListener::bind(&path).map_err(|source| VmError::Io {
+        let listener = UnixListener::bind(&path).map_err(|source| VmError::Io {
             context: format!("listening for guest port {port} on {}", path.display()),
             source,
-        })
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let accepted = listener
+                    .accept()
+                    .await
+                    .map(|(s, _)| Box::new(s) as BoxStream);
+                let failed = accepted.is_err();
+                if tx.send(accepted).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(GuestListener::new(port, rx, StopListening { task, path }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -270,7 +284,7 @@ impl QemuBackend {
         ] {
             let _ = std::fs::remove_file(stale);
         }
-        self.ensure_disk()?;
+        guest::ensure_sparse_disk(&cfg.data_disk, cfg.data_disk_size)?;
         let accel = match cfg.accelerator {
             Some(a) => AccelChoice {
                 accelerator: a,
@@ -283,7 +297,7 @@ impl QemuBackend {
         // The guest announces its core on READY_PORT; only then does the host dial it. A
         // connection request the helper queues before the guest's vsock driver is up can stay
         // unanswered for good (seen on a second boot under TCG), so none is sent that early.
-        let ready = self.listen(READY_PORT)?;
+        let mut ready = self.listen(READY_PORT)?;
 
         // The helper first: QEMU connects to its vhost-user socket at start.
         let mut helper_cmd = Command::new(&cfg.vsock_helper);
@@ -304,7 +318,7 @@ impl QemuBackend {
             if let Some(status) = self.helper_exit() {
                 return Err(self.start_error(format!(
                     "the vsock helper exited at start ({status}): {}",
-                    tail_of(&self.paths.helper_log, 10)
+                    guest::console_tail(&self.paths.helper_log, 10)
                 )));
             }
             if Instant::now() > deadline {
@@ -332,105 +346,56 @@ impl QemuBackend {
         })?;
         self.lock().qemu = Some(qemu);
 
-        let deadline = spawned + cfg.start_timeout;
-        let mut to_ready = None;
-        let announced = ready_line(&ready);
-        tokio::pin!(announced);
-        loop {
+        let vsock = self.paths.vsock_socket.clone();
+        let dial = || -> BoxFuture<'static, Result<BoxStream, VmError>> {
+            let vsock = vsock.clone();
+            Box::pin(async move {
+                hybrid_vsock::connect(&vsock, CORE_PORT)
+                    .await
+                    .map(|s| Box::new(s) as BoxStream)
+                    .map_err(|source| VmError::Dial {
+                        port: CORE_PORT,
+                        source,
+                    })
+            })
+        };
+        let failed = || {
             if let Some(status) = self.qemu_exit() {
-                return Err(self.start_error(format!(
+                return Some(format!(
                     "QEMU exited during boot ({status}). QEMU said: {}\nconsole:\n{}",
-                    tail_of(&self.paths.qemu_log, 5),
+                    guest::console_tail(&self.paths.qemu_log, 5),
                     self.console_tail(20)
-                )));
+                ));
             }
-            if let Some(status) = self.helper_exit() {
-                return Err(self.start_error(format!(
+            self.helper_exit().map(|status| {
+                format!(
                     "the vsock helper exited during boot ({status}): {}",
-                    tail_of(&self.paths.helper_log, 10)
-                )));
-            }
-            let last_error = if to_ready.is_none() {
-                match tokio::time::timeout(Duration::from_millis(100), &mut announced).await {
-                    Ok(Ok(())) => {
-                        to_ready = Some(spawned.elapsed());
-                        continue;
-                    }
-                    Ok(Err(e)) => {
-                        return Err(self.start_error(format!(
-                            "waiting for the guest on vsock port {READY_PORT}: {e}"
-                        )))
-                    }
-                    Err(_) => format!("the core has not announced itself on port {READY_PORT}"),
-                }
-            } else {
-                // Then the hello proper, until the core answers it.
-                match tokio::time::timeout(Duration::from_secs(5), self.hello()).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(e)) => e,
-                    Err(_) => "the hello got no answer within 5 s".to_string(),
-                }
-            };
-            if Instant::now() > deadline {
-                return Err(self.start_error(format!(
-                    "berth-core did not answer on vsock port {CORE_PORT} within {:?} ({}; last \
-                     error: {last_error}). console:\n{}",
-                    cfg.start_timeout,
+                    guest::console_tail(&self.paths.helper_log, 10)
+                )
+            })
+        };
+        let times = guest::wait_for_core(&mut ready, dial, failed, spawned, cfg.start_timeout)
+            .await
+            .map_err(|why| {
+                self.start_error(format!(
+                    "{why} ({}). console:\n{}",
                     accel.accelerator,
                     self.console_tail(20)
-                )));
-            }
-            if to_ready.is_some() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let _ = std::fs::remove_file(hybrid_vsock::listen_path(
-            &self.paths.vsock_socket,
-            READY_PORT,
-        ));
+                ))
+            })?;
+        drop(ready);
         let report = BootReport {
             accelerator: accel,
-            to_ready: to_ready.unwrap_or_default(),
-            to_handshake: spawned.elapsed(),
+            to_ready: times.to_ready,
+            to_handshake: times.to_handshake,
         };
         tracing::info!(
-            "guest up: core answered {:?} after QEMU started",
+            "guest up: core announced itself {:?} and answered {:?} after QEMU started",
+            report.to_ready,
             report.to_handshake
         );
         self.lock().boot = Some(report);
         Ok(())
-    }
-
-    /// One control-channel hello; the connection is dropped after it.
-    async fn hello(&self) -> Result<(), String> {
-        let mut s = hybrid_vsock::connect(&self.paths.vsock_socket, CORE_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let hello = Hello::new(
-            concat!("berth-vm ", env!("CARGO_PKG_VERSION")),
-            Channel::Control,
-        );
-        berth_proto::client_handshake(&mut s, &hello)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn ensure_disk(&self) -> Result<(), VmError> {
-        let disk = &self.config.data_disk;
-        if disk.exists() {
-            return Ok(());
-        }
-        let io = |source| VmError::Io {
-            context: format!("creating the data disk {}", disk.display()),
-            source,
-        };
-        if let Some(parent) = disk.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        // Sparse raw: takes no space until written; the guest formats it on first boot.
-        let f = File::create_new(disk).map_err(io)?;
-        f.set_len(self.config.data_disk_size).map_err(io)
     }
 
     fn qemu_exit(&self) -> Option<String> {
@@ -530,7 +495,7 @@ impl VmBackend for QemuBackend {
             self.helper_exit().map(|status| {
                 format!(
                     "the vsock helper exited ({status}): {}",
-                    tail_of(&self.paths.helper_log, 5)
+                    guest::console_tail(&self.paths.helper_log, 5)
                 )
             })
         };
@@ -563,30 +528,6 @@ impl Drop for QemuBackend {
         // kill_on_drop covers the children; this only tidies the sockets.
         for socket in [&self.paths.vhost_socket, &self.paths.qmp_socket] {
             let _ = std::fs::remove_file(socket);
-        }
-    }
-}
-
-/// Waits for a guest connection on `listener` that carries [`READY_LINE`]; other connections
-/// are logged and dropped.
-async fn ready_line(listener: &UnixListener) -> std::io::Result<()> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        let (s, _) = listener.accept().await?;
-        let mut line = Vec::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(2),
-            s.take(READY_LINE.len() as u64).read_to_end(&mut line),
-        )
-        .await;
-        match read {
-            Ok(Ok(_)) if line == READY_LINE.as_bytes() => return Ok(()),
-            Ok(Ok(_)) => tracing::warn!(
-                "ignoring a guest connection on port {READY_PORT} that said {:?}",
-                String::from_utf8_lossy(&line)
-            ),
-            Ok(Err(e)) => tracing::warn!("a guest connection on port {READY_PORT} failed: {e}"),
-            Err(_) => tracing::warn!("a guest connection on port {READY_PORT} said nothing"),
         }
     }
 }
@@ -653,67 +594,22 @@ async fn terminate(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-/// The last `lines` lines of a log file, with terminal control sequences and other
-/// non-printable bytes (SeaBIOS clears the screen) removed.
-fn tail_of(path: &Path, lines: usize) -> String {
-    const WINDOW: u64 = 16 << 10;
-    let Ok(mut f) = File::open(path) else {
-        return format!("({} is missing)", path.display());
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)));
-    let mut bytes = Vec::new();
-    let _ = f.read_to_end(&mut bytes);
-    let text = strip_control(&String::from_utf8_lossy(&bytes));
-    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if all.is_empty() {
-        return format!("({} is empty)", path.display());
-    }
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// Ends a [`QemuBackend::listen`]: stops accepting and removes the socket file.
+struct StopListening {
+    task: tokio::task::JoinHandle<()>,
+    path: PathBuf,
 }
 
-fn strip_control(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\u{1b}' => {
-                // ESC [ params final-byte, or ESC + one char.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for c in chars.by_ref() {
-                        if ('@'..='~').contains(&c) {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
+impl Drop for StopListening {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn console_tail_drops_control_sequences() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("console.log");
-        std::fs::write(
-            &log,
-            "\u{1b}c\u{1b}[?7l\u{1b}[2JSeaBIOS\r\none\n\ntwo\nthree\n",
-        )
-        .unwrap();
-        assert_eq!(tail_of(&log, 2), "two\nthree");
-        assert_eq!(tail_of(&log, 10), "SeaBIOS\none\ntwo\nthree");
-    }
 
     #[test]
     fn missing_kernel_is_a_clear_start_error() {

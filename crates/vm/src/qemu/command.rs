@@ -86,12 +86,7 @@ fn kernel_cmdline(config: &QemuConfig) -> String {
         GuestArch::Amd64 => "ttyS0",
         GuestArch::Arm64 => "ttyAMA0",
     };
-    let mut line = format!("console={console} quiet panic=-1");
-    for extra in &config.kernel_args {
-        line.push(' ');
-        line.push_str(extra);
-    }
-    line
+    crate::guest::kernel_cmdline(console, &config.kernel_args)
 }
 
 /// A path inside a QEMU option value, where `,` must be doubled.
