@@ -103,6 +103,17 @@ impl CoreClient {
         Ok(control)
     }
 
+    /// Forgets the control connection (its core died or is being replaced): requests waiting
+    /// on it fail with `why`, and the next request dials afresh.
+    pub async fn reset(&self, why: &str) {
+        if let Some(c) = self.control.lock().await.take() {
+            c.alive.store(false, Ordering::SeqCst);
+            for (_, tx) in c.pending.lock().expect("pending").drain() {
+                let _ = tx.send(Err(unavailable(why)));
+            }
+        }
+    }
+
     /// Sends one request and waits for its answer.
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
         let control = self.control().await?;
@@ -154,6 +165,48 @@ impl CoreClient {
     pub async fn attach(&self, request: AttachRequest) -> Result<berth_vm::BoxStream, Error> {
         let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
         client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Attach(request)))
+            .await
+            .map_err(handshake_error)?;
+        Ok(stream)
+    }
+
+    /// Opens a port-forward stream: once the core has connected to the container's port (a
+    /// refusal is the core's error), it carries that connection's bytes both ways.
+    pub async fn port_forward(
+        &self,
+        request: berth_proto::PortForward,
+    ) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(
+            &mut stream,
+            &Hello::new(SOFTWARE, Channel::PortForward(request)),
+        )
+        .await
+        .map_err(handshake_error)?;
+        Ok(stream)
+    }
+
+    /// Starts an exec instance on its own connection; after the handshake it is the process's
+    /// stdio (output from the core, [`berth_proto::Packet`]s to it).
+    pub async fn exec(
+        &self,
+        request: berth_proto::ExecAttachRequest,
+    ) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Exec(request)))
+            .await
+            .map_err(handshake_error)?;
+        Ok(stream)
+    }
+
+    /// Opens an export stream: after the handshake (a container that does not exist is the
+    /// core's refusal) it carries the tar of the container's file system, to its end.
+    pub async fn export(
+        &self,
+        request: berth_proto::ExportRequest,
+    ) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Export(request)))
             .await
             .map_err(handshake_error)?;
         Ok(stream)

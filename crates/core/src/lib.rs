@@ -7,6 +7,7 @@ pub mod content;
 pub mod digest;
 pub mod images;
 pub mod meta;
+pub mod net;
 pub mod server;
 pub mod snapshot;
 pub mod unpack;

@@ -24,6 +24,14 @@ struct Args {
     /// write one line and close, so the host knows it can dial the core.
     #[arg(long)]
     ready_port: Option<u32>,
+    /// Where the container bridge lives: `current` (this process's network namespace: the
+    /// VM's), `dedicated` (a namespace of its own under the data root, never touching the
+    /// host's network), or `auto`: current when listening on vsock, else dedicated.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "current", "dedicated"])]
+    network_namespace: String,
+    /// The bridge's subnet; its first address is the gateway.
+    #[arg(long, env = "BERTH_BRIDGE_SUBNET", default_value = berth_core::net::DEFAULT_SUBNET)]
+    bridge_subnet: berth_core::net::Subnet,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,8 +56,15 @@ fn main() -> anyhow::Result<()> {
     // Requests blocked in a wait (`docker wait`, a follow of logs) must not keep a stopping
     // core alive: containers live in their shims, not here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    if result.is_ok() && RESTART.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!("exiting for a restart");
+        std::process::exit(berth_proto::RESTART_EXIT_CODE);
+    }
     result
 }
+
+/// Set when the core stops because a client asked for a restart (`Request::Restart`).
+static RESTART: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Clone)]
 enum Listen {
@@ -79,7 +94,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn open_core(args: &Args) -> anyhow::Result<Arc<Core>> {
-    let core = Core::open(&args.data_root, None)
+    use berth_core::net::{NetnsMode, NetworkConfig};
+    let current = match args.network_namespace.as_str() {
+        "current" => true,
+        "dedicated" => false,
+        _ => matches!(args.listen, Listen::Vsock(_)),
+    };
+    let network = NetworkConfig {
+        mode: if current {
+            NetnsMode::Current
+        } else {
+            NetworkConfig::dedicated(&args.data_root).mode
+        },
+        subnet: args.bridge_subnet,
+        // In the VM containers reach the outside through the guest's NAT; on a host the
+        // dedicated namespace has no way out (see docs/containers.md).
+        outbound_nat: current,
+    };
+    let core = Core::open_with_network(&args.data_root, None, network)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("opening the store at {}", args.data_root.display()))?;
     Ok(Arc::new(core))
@@ -103,9 +135,17 @@ async fn run_unix(args: Args, path: PathBuf) -> anyhow::Result<()> {
                 tokio::spawn(core.clone().serve_connection(stream));
             }
             _ = term.recv() => break,
+            _ = core.restart.notified() => {
+                // Let the answer to the restart request reach its caller first.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                RESTART.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    // A dedicated network namespace nobody uses any more is not left mounted.
+    core.containers.shutdown_network();
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
@@ -144,6 +184,12 @@ async fn run_vsock(args: Args, port: u32) -> anyhow::Result<()> {
                 tokio::spawn(core.clone().serve_connection(stream));
             }
             _ = term.recv() => break,
+            _ = core.restart.notified() => {
+                // Let the answer to the restart request reach its caller first.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                RESTART.store(true, std::sync::atomic::Ordering::SeqCst);
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }

@@ -11,11 +11,12 @@ use berth_proto::{
     Hello, HelloReply, ImageSelector, LogFrame, LogsRequest, Request, RequestFrame, Response,
     ResponseFrame,
 };
+use berth_proto::{read_packet, ExecAttachRequest, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::container::ContainerService;
+use crate::container::{ContainerError, ContainerService};
 use crate::images::ImageService;
 
 pub const SOFTWARE: &str = concat!("berth-core ", env!("CARGO_PKG_VERSION"));
@@ -23,12 +24,29 @@ pub const SOFTWARE: &str = concat!("berth-core ", env!("CARGO_PKG_VERSION"));
 pub struct Core {
     pub images: ImageService,
     pub containers: Arc<ContainerService>,
+    /// Fired by [`Request::Restart`]: the listening loop stops and the process exits with
+    /// `berth_proto::RESTART_EXIT_CODE`.
+    pub restart: tokio::sync::Notify,
 }
 
 impl Core {
     /// Opens the stores under `data_root`. Containers are supervised by `shim_binary` (the
     /// `berth-core` binary; `None`: this very executable).
     pub fn open(data_root: &Path, shim_binary: Option<&Path>) -> Result<Core, Error> {
+        Self::open_with_network(
+            data_root,
+            shim_binary,
+            crate::net::NetworkConfig::dedicated(data_root),
+        )
+    }
+
+    /// As [`Core::open`], with the container bridge where `network` says (the VM's own network
+    /// namespace, or a dedicated one).
+    pub fn open_with_network(
+        data_root: &Path,
+        shim_binary: Option<&Path>,
+        network: crate::net::NetworkConfig,
+    ) -> Result<Core, Error> {
         let images = ImageService::open(data_root)?;
         let shim = match shim_binary {
             Some(p) => p.to_path_buf(),
@@ -39,8 +57,12 @@ impl Core {
                 )
             })?,
         };
-        let containers = ContainerService::open(data_root, shim)?;
-        Ok(Core { images, containers })
+        let containers = ContainerService::open_with_network(data_root, shim, network)?;
+        Ok(Core {
+            images,
+            containers,
+            restart: tokio::sync::Notify::new(),
+        })
     }
 
     /// Serves one accepted connection to its end.
@@ -61,7 +83,10 @@ impl Core {
         // the only place this channel has for an error.
         let checked = check_hello(&hello, SOFTWARE).and_then(|()| match &hello.channel {
             Channel::Logs(LogsRequest { container, .. })
-            | Channel::Attach(AttachRequest { container, .. }) => self.container_id(container),
+            | Channel::Attach(AttachRequest { container, .. })
+            | Channel::Export(berth_proto::ExportRequest { container }) => {
+                self.container_id(container)
+            }
             _ => Ok(String::new()),
         });
         let container_id = match checked {
@@ -76,12 +101,53 @@ impl Core {
             version: berth_proto::VERSION,
             software: SOFTWARE.into(),
         };
-        // An attach starts following the output before the welcome, so that nothing written
-        // after the host saw it (e.g. by a start it sends next) is missed.
+        // A port forward connects to the container first: a refusal is answered in the
+        // handshake, so berthd closes the client's connection rather than leave it hanging.
+        if let Channel::PortForward(pf) = &hello.channel {
+            match self.clone().connect_port(pf.clone()).await {
+                Ok(tcp) => {
+                    if write_frame(&mut stream, &welcome).await.is_ok() {
+                        splice_port(stream, tcp).await;
+                    }
+                }
+                Err(error) => {
+                    debug!("port forward refused: {error}");
+                    let _ = write_frame(&mut stream, &HelloReply::Refused { error }).await;
+                }
+            }
+            return;
+        }
+        // An exec starts before the welcome: what keeps it from starting is the host's error.
+        if let Channel::Exec(req) = hello.channel {
+            self.serve_exec(stream, req, welcome).await;
+            return;
+        }
+        // An attach starts following the output (and takes the run its stdin goes to) before
+        // the welcome, so that nothing written after the host saw it (e.g. by a start it sends
+        // next) is missed.
         if let Channel::Attach(req) = hello.channel {
+            let (tty, stdin_once) = self
+                .containers
+                .inspect(&ContainerRef(container_id.clone()))
+                .map(|c| (c.spec.tty, c.spec.stdin_once))
+                .unwrap_or((false, false));
+            let stdin = if req.stdin {
+                match self.containers.attach_stdin(&container_id) {
+                    Ok(tx) => Some(tx),
+                    Err(e) => {
+                        warn!("attaching stdin of {container_id}: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let rx = self.follow_output(container_id, req.logs);
             if write_frame(&mut stream, &welcome).await.is_ok() {
-                serve_attach(stream, req, rx).await;
+                // As dockerd: the client's end of input closes the container's stdin only for
+                // StdinOnce containers without a terminal; otherwise it ends this attach.
+                let end_on_close = !stdin_once || tty;
+                serve_attach(stream, req, tty, stdin, end_on_close, rx).await;
             }
             return;
         }
@@ -93,7 +159,33 @@ impl Core {
             Channel::BlobWrite(bw) => self.serve_blob(stream, bw).await,
             Channel::Logs(req) => self.serve_logs(stream, container_id, req).await,
             Channel::Attach(_) => unreachable!("handled above"),
+            Channel::Exec(_) => unreachable!("handled above"),
+            Channel::PortForward(_) => unreachable!("handled above"),
+            Channel::Export(_) => self.serve_export(stream, container_id).await,
         }
+    }
+
+    /// Connects to the container's port from the core's network namespace.
+    async fn connect_port(
+        self: Arc<Self>,
+        pf: berth_proto::PortForward,
+    ) -> Result<tokio::net::TcpStream, Error> {
+        if pf.protocol != "tcp" {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("forwarding {} ports is not supported", pf.protocol),
+            ));
+        }
+        let core = self.clone();
+        let tcp = tokio::task::spawn_blocking(move || {
+            core.containers
+                .connect(&pf.container, pf.port, std::time::Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("connect panicked: {e}")))??;
+        tcp.set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(tcp))
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("connected socket: {e}")))
     }
 
     fn container_id(&self, r: &ContainerRef) -> Result<String, Error> {
@@ -204,6 +296,12 @@ impl Core {
         let images = &self.images;
         Ok(match req {
             Request::Ping => Response::Pong,
+            Request::Restart => {
+                tracing::info!("restart requested");
+                // notify_one keeps the permit if the loop is not waiting yet.
+                self.restart.notify_one();
+                Response::Done
+            }
             Request::Info => Response::Info(self.info()),
             Request::BlobsPresent { digests } => Response::Present {
                 present: images.blobs_present(&digests)?,
@@ -276,6 +374,59 @@ impl Core {
             Request::ContainerInspect { container } => {
                 Response::Container(Box::new(self.containers.inspect(&container)?))
             }
+            Request::ContainerResize {
+                container,
+                height,
+                width,
+            } => {
+                self.containers.resize(&container, height, width)?;
+                Response::Done
+            }
+            Request::ExecCreate(spec) => Response::ExecCreated {
+                id: self.containers.exec_create(*spec)?,
+            },
+            Request::ExecStart { exec } => {
+                // Detached: the output is read (and dropped) until the exit is recorded.
+                let mut run = self.containers.exec_start(&exec)?;
+                std::thread::spawn(move || while run.next_output().is_some() {});
+                Response::Done
+            }
+            Request::ExecInspect { exec } => {
+                Response::Exec(Box::new(self.containers.exec_inspect(&exec)?))
+            }
+            Request::ExecResize {
+                exec,
+                height,
+                width,
+            } => {
+                self.containers.exec_resize(&exec, height, width)?;
+                Response::Done
+            }
+            Request::ContainerPublished { container, ports } => {
+                self.containers.set_published(&container, &ports)?;
+                Response::Done
+            }
+            Request::ContainerPause { container } => {
+                self.containers.pause(&container)?;
+                Response::Done
+            }
+            Request::ContainerUnpause { container } => {
+                self.containers.unpause(&container)?;
+                Response::Done
+            }
+            Request::ContainerTop { container, ps_args } => {
+                Response::Top(self.containers.top(&container, &ps_args)?)
+            }
+            Request::ContainerStats { container } => {
+                Response::Stats(Box::new(self.containers.stats(&container)?))
+            }
+            Request::ContainerRename { container, name } => {
+                self.containers.rename(&container, &name)?;
+                Response::Done
+            }
+            Request::ContainerChanges { container } => Response::Changes {
+                changes: self.containers.changes(&container)?,
+            },
         })
     }
 
@@ -391,32 +542,223 @@ impl Core {
     }
 }
 
-/// Writes a container's output to an attach stream in Docker's stdcopy framing until the
-/// follower ends. Input from the host is read and dropped: stdin is not connected yet.
-async fn serve_attach<S>(stream: S, req: AttachRequest, mut rx: mpsc::Receiver<LogFrame>)
+/// Docker's stdcopy header (stream, three zero bytes, big-endian length) and the payload; with
+/// a TTY the payload alone.
+fn docker_frame(tty: bool, stream: u8, payload: &[u8]) -> Vec<u8> {
+    if tty {
+        return payload.to_vec();
+    }
+    let mut frame = Vec::with_capacity(8 + payload.len());
+    frame.extend_from_slice(&[stream, 0, 0, 0]);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Carries a forwarded connection: the host's end of input becomes a half-close towards the
+/// container, which may still answer; the container's close ends the whole stream (a
+/// half-close of our own would not reach the host over the VM's hybrid vsock).
+async fn splice_port<S>(stream: S, tcp: tokio::net::TcpStream)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (mut host_rd, mut host_wr) = tokio::io::split(stream);
+    let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut host_rd, &mut tcp_wr).await;
+        let _ = tcp_wr.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut tcp_rd, &mut host_wr).await;
+        let _ = host_wr.shutdown().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+/// Writes a container's output to an attach stream (stdcopy-framed, raw with a TTY) until the
+/// follower ends; input packets from the host go to the container's stdin forwarder.
+async fn serve_attach<S>(
+    stream: S,
+    req: AttachRequest,
+    tty: bool,
+    stdin: Option<std::sync::mpsc::Sender<Packet>>,
+    end_on_close: bool,
+    mut rx: mpsc::Receiver<LogFrame>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let drain = tokio::spawn(async move {
-        let mut buf = vec![0u8; 8192];
-        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    let input = tokio::spawn(async move {
+        let mut closed_tx = Some(closed_tx);
+        while let Ok(p) = read_packet(&mut rd).await {
+            let close = matches!(p, Packet::CloseStdin);
+            if let Some(tx) = &stdin {
+                let _ = tx.send(p);
+                if close && end_on_close {
+                    if let Some(c) = closed_tx.take() {
+                        let _ = c.send(());
+                    }
+                }
+            }
+        }
+        // Keep the forwarder's queue until the attach ends: it is how it knows the end.
+        std::future::pending::<()>().await;
+        drop(stdin);
     });
-    while let Some(f) = rx.recv().await {
+    loop {
+        let f = tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => f,
+                None => break,
+            },
+            Ok(()) = &mut closed => break,
+        };
         let stream_id = match f.stream.as_str() {
             "stdout" if req.stdout => 1u8,
             "stderr" if req.stderr => 2u8,
             _ => continue,
         };
-        let payload = f.log.as_bytes();
-        let mut frame = Vec::with_capacity(8 + payload.len());
-        frame.extend_from_slice(&[stream_id, 0, 0, 0]);
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(payload);
+        let frame = docker_frame(tty, stream_id, f.log.as_bytes());
         if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
             break;
         }
     }
     let _ = wr.shutdown().await;
-    drain.abort();
+    input.abort();
+}
+
+impl Core {
+    /// `Channel::Exec`: starts the instance, then carries its stdio until it exits. A process
+    /// the runtime could not start is reported in the stream (as dockerd does) with its exit
+    /// code recorded; anything else that keeps it from starting is refused in the handshake.
+    async fn serve_exec<S>(
+        self: Arc<Self>,
+        mut stream: S,
+        req: ExecAttachRequest,
+        welcome: HelloReply,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let core = self.clone();
+        let exec = req.exec.clone();
+        let started = tokio::task::spawn_blocking(move || core.containers.exec_start(&exec))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ContainerError::Internal(format!(
+                    "exec start panicked: {e}"
+                )))
+            });
+        let tty = self
+            .containers
+            .exec_entry(&req.exec)
+            .map(|e| e.spec.tty)
+            .unwrap_or(false);
+        let mut run = match started {
+            Ok(run) => run,
+            Err(ContainerError::StartFailed { message, .. }) => {
+                if write_frame(&mut stream, &welcome).await.is_ok() {
+                    let text = format!("{message}\r\n");
+                    let _ = stream
+                        .write_all(&docker_frame(tty, 1, text.as_bytes()))
+                        .await;
+                    let _ = stream.shutdown().await;
+                }
+                return;
+            }
+            Err(e) => {
+                let error: Error = e.into();
+                debug!("exec {} refused: {error}", req.exec);
+                let _ = write_frame(&mut stream, &HelloReply::Refused { error }).await;
+                return;
+            }
+        };
+        if write_frame(&mut stream, &welcome).await.is_err() {
+            // Nobody reads: let the process run, its output dropped.
+            std::thread::spawn(move || while run.next_output().is_some() {});
+            return;
+        }
+        let entry = run.entry.clone();
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let input = tokio::spawn(async move {
+            while let Ok(p) = read_packet(&mut rd).await {
+                if matches!(p, Packet::Stdin(_) | Packet::CloseStdin) {
+                    entry.send(p);
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+        tokio::task::spawn_blocking(move || {
+            // Read to the end even when the host is gone, so that the exit is recorded.
+            while let Some(chunk) = run.next_output() {
+                let _ = tx.blocking_send(chunk);
+            }
+        });
+        while let Some((stream_id, data)) = rx.recv().await {
+            let frame = docker_frame(tty, stream_id, &data);
+            if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+        }
+        // Drain what is left so the sender is never stuck.
+        rx.close();
+        let _ = wr.shutdown().await;
+        input.abort();
+    }
+}
+
+/// Hands the bytes an export writes (on its own thread) to the async side, a bounded number of
+/// chunks at a time: the tar is never held whole.
+struct ChunkWriter(mpsc::Sender<Vec<u8>>);
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.blocking_send(buf.to_vec()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the host went away")
+        })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Core {
+    /// `Channel::Export`: the container's file system as a tar, then the core closes.
+    async fn serve_export<S>(self: Arc<Self>, stream: S, id: String)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (_rd, mut wr) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(16);
+        let core = self.clone();
+        // A thread of its own: a stopped container's file system is mounted in a private mount
+        // namespace of the exporting thread.
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, ChunkWriter(tx));
+            let r = core
+                .containers
+                .export(&ContainerRef(id.clone()), &mut out)
+                .and_then(|()| {
+                    out.flush().map_err(|e| ContainerError::Io {
+                        context: "exporting".into(),
+                        source: e,
+                    })
+                });
+            if let Err(e) = r {
+                warn!("export of {id}: {e}");
+            }
+        });
+        while let Some(chunk) = rx.recv().await {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
 }

@@ -590,15 +590,6 @@ fn auto_remove_removes_after_exit() {
 fn unsupported_options_are_refused_clearly() {
     let fx = Fixture::new();
     let mut spec = fx.spec(&["true"]);
-    spec.tty = true;
-    let e: berth_proto::Error = fx
-        .core()
-        .containers
-        .create(&fx.core().images, spec)
-        .unwrap_err()
-        .into();
-    assert_eq!(e.code, ErrorCode::Unsupported);
-    let mut spec = fx.spec(&["true"]);
     spec.host.binds = vec!["data:/data".into()];
     let e: berth_proto::Error = fx
         .core()
@@ -692,4 +683,140 @@ fn an_image_in_use_is_not_removed() {
     assert!(e.message.contains(&c.0[..12]), "{}", e.message);
     fx.core().containers.remove(&c, false).unwrap();
     assert!(matches!(remove(by_name), Ok(Response::Removed { .. })));
+}
+
+/// A create cut short between its bundle and its record (a crash) leaves a directory only; the
+/// next open deletes it and keeps every bundle that has a record.
+#[test]
+fn a_bundle_without_a_record_is_removed_at_open() {
+    let mut fx = Fixture::new();
+    let c = fx.create(fx.spec(&["true"]));
+    drop(fx.core.take());
+    let containers = fx.root.path().join("containers");
+    let orphan = containers.join("ab".repeat(32));
+    std::fs::create_dir_all(orphan.join("upper")).unwrap();
+    let not_an_id = containers.join("notes");
+    std::fs::create_dir_all(&not_an_id).unwrap();
+    fx.core = Some(open_core(fx.root.path()));
+    assert!(!orphan.exists(), "the orphan bundle is gone");
+    assert!(containers.join(&c.0).exists(), "a recorded bundle stays");
+    assert!(not_an_id.exists(), "only id-named directories are touched");
+    fx.core().containers.inspect(&c).unwrap();
+}
+
+#[test]
+fn a_tty_container_starts_at_its_console_size_and_logs_what_the_terminal_shows() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec(&["sh", "-c", "echo a; stty size; printf prompt"]);
+    spec.tty = true;
+    spec.console_size = Some((11, 22));
+    let c = fx.create(spec);
+    fx.core().containers.start(&c).unwrap();
+    let (code, _) = fx
+        .core()
+        .containers
+        .wait(&c, WaitCondition::NotRunning)
+        .unwrap();
+    assert_eq!(code, 0);
+    let shown: String = fx
+        .logs(&c, None, 0.0)
+        .iter()
+        .map(|f| f.log.clone())
+        .collect();
+    // The terminal's line endings, and a last line without a newline is kept.
+    assert_eq!(shown, "a\r\n11 22\r\nprompt");
+}
+
+/// The exec channel at the protocol seam: stdin packets in, stdcopy frames out, the exit code
+/// recorded before the stream ends; refusals in the handshake.
+#[test]
+fn exec_takes_stdin_and_records_its_exit_code_before_its_stream_ends() {
+    use berth_proto::{ExecAttachRequest, ExecSpec, HandshakeError, Packet};
+    use tokio::io::AsyncWriteExt;
+    let fx = Fixture::new();
+    let c = fx.create(fx.spec(&["sleep", "100"]));
+    fx.core().containers.start(&c).unwrap();
+    let svc = fx.core().containers.clone();
+    let exec = svc
+        .exec_create(ExecSpec {
+            container: c.clone(),
+            cmd: ["sh", "-c", "read x; echo got $x; echo e >&2; exit 4"]
+                .map(String::from)
+                .to_vec(),
+            attach_stdin: true,
+            attach_stdout: true,
+            attach_stderr: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(svc.exec_inspect(&exec).unwrap().exit_code, None);
+    let core = fx.core().clone();
+    let dial = move |exec: &str| {
+        let core = core.clone();
+        let req = ExecAttachRequest { exec: exec.into() };
+        async move {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            tokio::spawn(core.serve_connection(server));
+            client_handshake(&mut client, &Hello::new("test", Channel::Exec(req)))
+                .await
+                .map(|_| client)
+        }
+    };
+    let rt = runtime();
+    let body = rt.block_on(async {
+        let mut s = dial(&exec).await.unwrap();
+        s.write_all(&Packet::Stdin(b"hi\n".to_vec()).encode())
+            .await
+            .unwrap();
+        s.write_all(&Packet::CloseStdin.encode()).await.unwrap();
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await.unwrap();
+        body
+    });
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut rest = &body[..];
+    while rest.len() >= 8 {
+        let len = u32::from_be_bytes(rest[4..8].try_into().unwrap()) as usize;
+        let payload = &rest[8..8 + len];
+        match rest[0] {
+            1 => out.extend_from_slice(payload),
+            2 => err.extend_from_slice(payload),
+            k => panic!("stream {k}"),
+        }
+        rest = &rest[8 + len..];
+    }
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"got hi\n"[..], &b"e\n"[..])
+    );
+    let info = svc.exec_inspect(&exec).unwrap();
+    assert_eq!((info.running, info.exit_code), (false, Some(4)));
+    assert!(info.pid.is_some());
+
+    let refused = |exec: &str| match rt.block_on(dial(exec)) {
+        Err(HandshakeError::Refused(e)) => e,
+        other => panic!("not refused: {:?}", other.map(|_| ())),
+    };
+    let e = refused(&exec);
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(
+        e.message,
+        format!("Error: Exec command {exec} has already run")
+    );
+    let e = refused("nope");
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::NotFound, "No such exec instance: nope")
+    );
+    fx.core().containers.stop(&c, None, Some(0)).unwrap();
+    let e: berth_proto::Error = svc
+        .exec_create(ExecSpec {
+            container: c.clone(),
+            cmd: vec!["true".into()],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .into();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert_eq!(e.message, format!("container {} is not running", c.0));
 }

@@ -28,9 +28,18 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     pub tty: bool,
     pub open_stdin: bool,
+    /// Close the container's stdin when the first attached client closes its own.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// The terminal's first size (rows, cols) with `tty` (Docker's HostConfig.ConsoleSize).
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
     pub host: HostSpec,
+    /// Docker's `ExposedPorts` ("80/tcp"), the image's merged in by the host.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -54,6 +63,48 @@ pub struct HostSpec {
     pub security_opt: Vec<String>,
     pub auto_remove: bool,
     pub restart_policy: RestartPolicy,
+    /// `-p`: the requested bindings (host port 0: any free one), as the user gave them.
+    #[serde(default)]
+    pub port_bindings: Vec<PortBinding>,
+    /// `-P`: every exposed port gets a free host port.
+    #[serde(default)]
+    pub publish_all_ports: bool,
+}
+
+/// A container port published on the host. Served by berthd on the host, which forwards each
+/// connection over its own [`crate::Channel::PortForward`] stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PortBinding {
+    pub container_port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    /// The host address; "" is berthd's default (127.0.0.1).
+    pub host_ip: String,
+    /// 0: any free port.
+    pub host_port: u16,
+}
+
+/// A container's place on the bridge while it runs (Docker's `NetworkSettings`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ContainerNetwork {
+    /// The network's name as Docker shows it ("bridge").
+    pub network: String,
+    pub ip_address: String,
+    pub prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+}
+
+/// A connection to a container's port on its own stream: after the handshake the stream
+/// carries the connection's bytes both ways. The core connects to the container's address
+/// before it answers the hello; a container that is not running, not on the bridge, or whose
+/// port refuses is refused in the handshake.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PortForward {
+    pub container: ContainerRef,
+    pub port: u16,
+    /// "tcp" (the only one for now).
+    pub protocol: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -106,10 +157,17 @@ pub struct ContainerInfo {
     /// Which OCI runtime runs it ("runc" or "crun").
     pub runtime: String,
     pub log_path: String,
+    /// The container's address on the bridge while it runs.
+    #[serde(default)]
+    pub network: Option<ContainerNetwork>,
+    /// The host ports berthd published for the current run (see
+    /// [`crate::Request::ContainerPublished`]); empty when not running.
+    #[serde(default)]
+    pub ports: Vec<PortBinding>,
 }
 
 /// Which containers a request means: an id, an id prefix or a name (with or without '/').
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ContainerRef(pub String);
 
 /// Docker's wait conditions.
@@ -149,9 +207,9 @@ pub struct LogFrame {
 }
 
 /// Attach to a container's stdio on its own connection ([`crate::Channel::Attach`]). After the
-/// handshake the stream is raw: the host writes stdin bytes, the core writes output framed with
-/// Docker's stdcopy header (8 bytes: stream, 0, 0, 0, big-endian length) unless the container
-/// has a TTY, in which case output is raw.
+/// handshake the host writes [`crate::Packet`]s (stdin bytes, the closing of stdin) and the core
+/// writes output framed with Docker's stdcopy header (8 bytes: stream, 0, 0, 0, big-endian
+/// length) unless the container has a TTY, in which case output is raw.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AttachRequest {
     pub container: ContainerRef,
@@ -160,4 +218,81 @@ pub struct AttachRequest {
     pub stderr: bool,
     /// Also replay the logs before the live output (`docker attach --logs`).
     pub logs: bool,
+}
+
+/// `docker top`: the container's processes, one row per process, columns named by `titles`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ContainerTop {
+    pub titles: Vec<String>,
+    pub processes: Vec<Vec<String>>,
+}
+
+/// One network interface's counters, as in Docker's stats.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct NetworkCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// One block i/o counter (Docker's `BlkioStatEntry`): op is "read", "write", …
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct BlkioEntry {
+    pub major: u64,
+    pub minor: u64,
+    pub op: String,
+    pub value: u64,
+}
+
+/// One sample of a container's resource use, read from its cgroup and network namespace
+/// (`container_stats`). berthd turns consecutive samples into Docker's stats (cpu and precpu).
+/// Times are nanoseconds, sizes bytes. `running: false` is an empty sample (not running).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StatsSample {
+    pub running: bool,
+    /// RFC 3339 with nanoseconds.
+    pub read: String,
+    pub cpu_total: u64,
+    pub cpu_kernel: u64,
+    pub cpu_user: u64,
+    /// Per-CPU usage (cgroup v1 only; empty on v2, as dockerd).
+    pub percpu: Vec<u64>,
+    /// The machine's CPU time (all CPUs, all modes) since boot, from `/proc/stat`.
+    pub system_cpu: u64,
+    pub online_cpus: u32,
+    pub throttle_periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_time: u64,
+    pub memory_usage: u64,
+    pub memory_max_usage: u64,
+    /// The cgroup's limit, or the machine's memory when unlimited.
+    pub memory_limit: u64,
+    /// `memory.stat` as the kernel names its keys (v1 or v2 names).
+    pub memory_stats: BTreeMap<String, u64>,
+    pub pids_current: u64,
+    /// 0: unlimited.
+    pub pids_limit: u64,
+    /// Interfaces of the container's network namespace but loopback.
+    pub networks: BTreeMap<String, NetworkCounters>,
+    pub blkio: Vec<BlkioEntry>,
+}
+
+/// One change of a container's file system against its image (`docker diff`): kind 0 is
+/// modified, 1 added, 2 deleted (Docker's numbers).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FsChange {
+    pub path: String,
+    pub kind: u8,
+}
+
+/// A tar of a container's file system on its own connection ([`crate::Channel::Export`]): after
+/// the welcome the core writes the tar's raw bytes and closes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExportRequest {
+    pub container: ContainerRef,
 }

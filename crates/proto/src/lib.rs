@@ -20,9 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub mod container;
 pub mod image;
+pub mod stdio;
 
 pub use container::*;
 pub use image::*;
+pub use stdio::*;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -34,6 +36,8 @@ pub const CORE_PORT: u32 = 1024;
 pub const READY_PORT: u32 = 1025;
 /// What the core writes on its [`READY_PORT`] connection, before closing it.
 pub const READY_LINE: &str = "berth-core ready\n";
+/// The core's exit status after [`Request::Restart`].
+pub const RESTART_EXIT_CODE: i32 = 75;
 /// Frames larger than this are refused: nothing on the control channel needs more (manifests
 /// and configs are capped at 4 MiB by the registry client).
 pub const MAX_FRAME: usize = 32 << 20;
@@ -72,6 +76,13 @@ pub enum Channel {
     Logs(LogsRequest),
     /// A container's live stdio, raw after the handshake (see [`AttachRequest`]).
     Attach(AttachRequest),
+    /// Start an exec instance and carry its stdio (see [`ExecAttachRequest`]).
+    Exec(ExecAttachRequest),
+    /// One connection to a container's published port, raw after the handshake (see
+    /// [`PortForward`]).
+    PortForward(PortForward),
+    /// A tar of a container's file system, raw after the handshake (see [`ExportRequest`]).
+    Export(ExportRequest),
 }
 
 /// The answer to [`Hello`].
@@ -120,6 +131,10 @@ pub struct ResponseFrame {
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Request {
     Ping,
+    /// The core answers `Done`, then stops as on SIGTERM and exits with [`RESTART_EXIT_CODE`]
+    /// so whatever supervises it (the guest's init; berthd on the direct backend) starts it
+    /// again: a warm restart that keeps the machine and the containers' shims.
+    Restart,
     Info,
     /// Which of these blobs the store holds.
     BlobsPresent {
@@ -176,6 +191,59 @@ pub enum Request {
     ContainerInspect {
         container: ContainerRef,
     },
+    /// The host ports berthd bound for the container's next (or current) run, recorded so
+    /// that inspect shows them and a restarted berthd binds the same ones again.
+    ContainerPublished {
+        container: ContainerRef,
+        ports: Vec<PortBinding>,
+    },
+    /// Set the terminal size of a running container (a no-op without a TTY, as containerd).
+    ContainerResize {
+        container: ContainerRef,
+        height: u16,
+        width: u16,
+    },
+    /// Register an exec instance in a running container; answered with `ExecCreated`.
+    ExecCreate(Box<ExecSpec>),
+    /// Start an exec instance detached (its output is discarded); answers once it runs.
+    ExecStart {
+        exec: String,
+    },
+    ExecInspect {
+        exec: String,
+    },
+    /// Set the terminal size of a started exec instance (a no-op without a TTY).
+    ExecResize {
+        exec: String,
+        height: u16,
+        width: u16,
+    },
+    /// Freeze a running container's processes (the runtime's `pause`, a cgroup freezer).
+    ContainerPause {
+        container: ContainerRef,
+    },
+    /// Thaw a paused container (the runtime's `resume`).
+    ContainerUnpause {
+        container: ContainerRef,
+    },
+    /// The container's processes (`docker top`); `ps_args` as `ps` takes them ("" = `-ef`).
+    ContainerTop {
+        container: ContainerRef,
+        ps_args: String,
+    },
+    /// One sample of the container's resource use; answered with `Stats`.
+    ContainerStats {
+        container: ContainerRef,
+    },
+    /// Give a container a new name (without '/').
+    ContainerRename {
+        container: ContainerRef,
+        name: String,
+    },
+    /// The container's file system changes against its image; answered with `Changes`.
+    ContainerChanges {
+        container: ContainerRef,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +261,11 @@ pub enum Response {
     Container(Box<ContainerInfo>),
     Containers { containers: Vec<ContainerInfo> },
     Exited { code: i64, error: Option<String> },
+    ExecCreated { id: String },
+    Exec(Box<ExecInfo>),
+    Top(ContainerTop),
+    Stats(Box<StatsSample>),
+    Changes { changes: Vec<FsChange> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

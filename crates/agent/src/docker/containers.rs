@@ -16,7 +16,7 @@ use super::{empty, json, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::names::{familiar, selector};
 
-fn unexpected(r: Response) -> ApiError {
+pub(super) fn unexpected(r: Response) -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("unexpected answer from the core: {r:?}"),
@@ -75,6 +75,21 @@ pub fn spec_from_body(
             "network {network_mode} not found"
         )));
     }
+    let port_bindings =
+        crate::ports::parse_bindings(&h["PortBindings"]).map_err(ApiError::bad_request)?;
+    if let Some(b) = port_bindings.iter().find(|b| b.protocol != "tcp") {
+        return Err(ApiError::bad_request(format!(
+            "publishing {} ports is not supported yet ({}): only TCP ports can be published",
+            b.protocol,
+            crate::ports::port_key(b.container_port, &b.protocol)
+        )));
+    }
+    // Docker's ExposedPorts include the published ones; the image's are added by create().
+    let mut exposed =
+        crate::ports::exposed_keys(&body["ExposedPorts"]).map_err(ApiError::bad_request)?;
+    for b in &port_bindings {
+        exposed.insert(crate::ports::port_key(b.container_port, &b.protocol));
+    }
     Ok(ContainerSpec {
         name,
         image_id,
@@ -89,6 +104,8 @@ pub fn spec_from_body(
         labels,
         tty: body["Tty"].as_bool().unwrap_or(false),
         open_stdin: body["OpenStdin"].as_bool().unwrap_or(false),
+        stdin_once: body["StdinOnce"].as_bool().unwrap_or(false),
+        console_size: super::exec::console_size(&h["ConsoleSize"]),
         stop_signal: opt_str(&body["StopSignal"]),
         stop_timeout: body["StopTimeout"].as_i64(),
         host: HostSpec {
@@ -114,11 +131,14 @@ pub fn spec_from_body(
                     .as_i64()
                     .unwrap_or(0),
             },
+            port_bindings,
+            publish_all_ports: h["PublishAllPorts"].as_bool().unwrap_or(false),
         },
+        exposed_ports: exposed.into_iter().collect(),
     })
 }
 
-fn not_found_or(e: berth_proto::Error, what: &str) -> ApiError {
+pub(super) fn not_found_or(e: berth_proto::Error, what: &str) -> ApiError {
     if e.code == berth_proto::ErrorCode::NotFound {
         return ApiError::not_found(format!("No such container: {what}"));
     }
@@ -139,12 +159,12 @@ pub async fn create(daemon: &Daemon, q: &Query, body: &[u8]) -> ApiResult {
         .as_deref()
         .map(familiar)
         .unwrap_or_else(|| image.to_string());
-    let image_id = match daemon
+    let (image_id, image_config) = match daemon
         .core
         .call(Request::ImageInspect { selector: sel })
         .await
     {
-        Ok(Response::Image(i)) => i.id,
+        Ok(Response::Image(i)) => (i.id, i.config),
         Ok(other) => return Err(unexpected(other)),
         // The docker CLI pulls on this exact answer, then creates again.
         Err(e) if e.code == berth_proto::ErrorCode::NotFound => {
@@ -166,21 +186,35 @@ pub async fn create(daemon: &Daemon, q: &Query, body: &[u8]) -> ApiResult {
             )));
         }
     }
-    let spec = spec_from_body(&body, name, image_id)?;
+    let mut spec = spec_from_body(&body, name, image_id)?;
+    // The image's EXPOSE belongs to the container's ExposedPorts (what `-P` publishes).
+    let image_exposed = serde_json::from_str::<Value>(&image_config)
+        .ok()
+        .and_then(|c| crate::ports::exposed_keys(&c["config"]["ExposedPorts"]).ok())
+        .unwrap_or_default();
+    let mut exposed: std::collections::BTreeSet<String> = spec.exposed_ports.drain(..).collect();
+    exposed.extend(image_exposed);
+    spec.exposed_ports = exposed.into_iter().collect();
+    let discarded = spec.host.network_mode == "host" && !spec.host.port_bindings.is_empty();
     match daemon
         .core
         .call(Request::ContainerCreate(Box::new(spec)))
         .await?
     {
-        Response::ContainerCreated { id, warnings } => Ok(json(
-            StatusCode::CREATED,
-            &json!({ "Id": id, "Warnings": warnings }),
-        )),
+        Response::ContainerCreated { id, mut warnings } => {
+            if discarded {
+                warnings.push("Published ports are discarded when using host network mode".into());
+            }
+            Ok(json(
+                StatusCode::CREATED,
+                &json!({ "Id": id, "Warnings": warnings }),
+            ))
+        }
         other => Err(unexpected(other)),
     }
 }
 
-async fn simple(daemon: &Daemon, req: Request, what: &str, ok: StatusCode) -> ApiResult {
+pub(super) async fn simple(daemon: &Daemon, req: Request, what: &str, ok: StatusCode) -> ApiResult {
     match daemon.core.call(req).await {
         Ok(Response::Done) => Ok(empty(ok)),
         Ok(other) => Err(unexpected(other)),
@@ -193,21 +227,56 @@ pub async fn start(daemon: &Daemon, id: &str) -> ApiResult {
     if info.state.status == ContainerStatus::Running {
         return Ok(empty(StatusCode::NOT_MODIFIED));
     }
-    simple(
+    start_publishing(daemon, &info, id).await
+}
+
+/// Starts a container with its published ports: the host listeners are bound first (a port in
+/// use fails the start, which then never happens), recorded in the core, and served once the
+/// container runs, until it stops.
+async fn start_publishing(daemon: &Daemon, info: &ContainerInfo, id: &str) -> ApiResult {
+    let container = ContainerRef(info.id.clone());
+    let wanted = crate::ports::wanted(&info.spec);
+    let mut bound = None;
+    if !wanted.is_empty() {
+        let b = daemon.ports.bind(&wanted, &info.id).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "driver failed programming external connectivity on endpoint {} ({}): {e}",
+                    info.name, info.id
+                ),
+            )
+        })?;
+        let req = Request::ContainerPublished {
+            container: container.clone(),
+            ports: b.ports(),
+        };
+        simple(daemon, req, id, StatusCode::NO_CONTENT).await?;
+        bound = Some(b);
+    }
+    let started = simple(
         daemon,
-        Request::ContainerStart {
-            container: ContainerRef(id.into()),
-        },
+        Request::ContainerStart { container },
         id,
         StatusCode::NO_CONTENT,
     )
-    .await
+    .await?;
+    if let Some(b) = bound {
+        let token = daemon.ports.serve(daemon.core.clone(), &info.id, b);
+        daemon
+            .ports
+            .watch(daemon.core.clone(), info.id.clone(), token);
+    }
+    Ok(started)
 }
 
 pub async fn stop(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     let info = inspect_info(daemon, id).await?;
-    if info.state.status != ContainerStatus::Running && info.state.status != ContainerStatus::Paused
-    {
+    // A container the core is about to restart (its policy) is stopped too: that cancels it.
+    if !matches!(
+        info.state.status,
+        ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
+    ) {
         return Ok(empty(StatusCode::NOT_MODIFIED));
     }
     let timeout = q.get("t").or(q.get("timeout")).and_then(|t| t.parse().ok());
@@ -215,7 +284,7 @@ pub async fn stop(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
         .get("signal")
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    simple(
+    let stopped = simple(
         daemon,
         Request::ContainerStop {
             container: ContainerRef(id.into()),
@@ -225,13 +294,14 @@ pub async fn stop(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
         id,
         StatusCode::NO_CONTENT,
     )
-    .await
+    .await?;
+    daemon.ports.unpublish(&info.id, None);
+    Ok(stopped)
 }
 
 /// `docker restart`: stop (signal, then SIGKILL after the timeout) if running, then start.
 pub async fn restart(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     let info = inspect_info(daemon, id).await?;
-    let container = ContainerRef(info.id.clone());
     if matches!(
         info.state.status,
         ContainerStatus::Running | ContainerStatus::Paused
@@ -242,19 +312,14 @@ pub async fn restart(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
             .filter(|s| !s.is_empty())
             .map(str::to_string);
         let stop = Request::ContainerStop {
-            container: container.clone(),
+            container: ContainerRef(info.id.clone()),
             signal,
             timeout,
         };
         simple(daemon, stop, id, StatusCode::NO_CONTENT).await?;
+        daemon.ports.unpublish(&info.id, None);
     }
-    simple(
-        daemon,
-        Request::ContainerStart { container },
-        id,
-        StatusCode::NO_CONTENT,
-    )
-    .await
+    start_publishing(daemon, &info, id).await
 }
 
 /// `docker container prune`: removes every container that is not running (label filters
@@ -305,7 +370,10 @@ pub async fn prune(daemon: &Daemon, q: &Query) -> ApiResult {
 
 pub async fn kill(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     let info = inspect_info(daemon, id).await?;
-    if info.state.status != ContainerStatus::Running {
+    if !matches!(
+        info.state.status,
+        ContainerStatus::Running | ContainerStatus::Paused
+    ) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -377,7 +445,7 @@ pub async fn remove(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
     simple(daemon, req, id, StatusCode::NO_CONTENT).await
 }
 
-async fn inspect_info(daemon: &Daemon, id: &str) -> Result<ContainerInfo, ApiError> {
+pub(super) async fn inspect_info(daemon: &Daemon, id: &str) -> Result<ContainerInfo, ApiError> {
     match daemon
         .core
         .call(Request::ContainerInspect {
@@ -435,7 +503,11 @@ fn status_text(c: &ContainerInfo) -> String {
             "Up {} (Paused)",
             unix(&c.state.started_at).map(ago).unwrap_or_default()
         ),
-        ContainerStatus::Restarting => "Restarting".into(),
+        ContainerStatus::Restarting => format!(
+            "Restarting ({}) {} ago",
+            c.state.exit_code.unwrap_or(0),
+            unix(&c.state.finished_at).map(ago).unwrap_or_default()
+        ),
         ContainerStatus::Removing => "Removal In Progress".into(),
         ContainerStatus::Exited => format!(
             "Exited ({}) {} ago",
@@ -461,12 +533,12 @@ fn summary(c: &ContainerInfo) -> Value {
         "ImageID": c.spec.image_id,
         "Command": shell_join(&c.path, &c.args),
         "Created": unix(&Some(c.created.clone())).map(|t| t.timestamp()).unwrap_or(0),
-        "Ports": [],
+        "Ports": super::net::summary_ports(c),
         "Labels": c.spec.labels,
         "State": status_word(c.state.status),
         "Status": status_text(c),
         "HostConfig": { "NetworkMode": c.spec.host.network_mode },
-        "NetworkSettings": { "Networks": {} },
+        "NetworkSettings": super::net::summary_networks(c),
         "Mounts": [],
     })
 }
@@ -545,17 +617,20 @@ pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
             "Memory": h.memory, "NanoCpus": h.nano_cpus, "CpuShares": h.cpu_shares,
             "PidsLimit": h.pids_limit, "CapAdd": h.cap_add, "CapDrop": h.cap_drop,
             "SecurityOpt": h.security_opt, "Runtime": c.runtime,
+            "PortBindings": super::net::port_bindings(&c.spec),
+            "PublishAllPorts": h.publish_all_ports,
         },
         "Mounts": [],
         "Config": {
             "Hostname": c.spec.hostname.clone().unwrap_or_else(|| c.id[..12].to_string()),
             "Domainname": c.spec.domainname.clone().unwrap_or_default(),
-            "User": c.user, "Tty": c.spec.tty, "OpenStdin": c.spec.open_stdin,
+            "User": c.user, "Tty": c.spec.tty, "OpenStdin": c.spec.open_stdin, "StdinOnce": c.spec.stdin_once,
             "Env": c.env, "Cmd": c.spec.cmd, "Image": c.spec.image_ref,
             "WorkingDir": c.working_dir, "Entrypoint": c.spec.entrypoint, "Labels": c.spec.labels,
             "StopSignal": c.spec.stop_signal, "StopTimeout": c.spec.stop_timeout,
+            "ExposedPorts": super::net::exposed_ports(&c.spec),
         },
-        "NetworkSettings": { "Networks": {}, "Ports": {} },
+        "NetworkSettings": super::net::network_settings(&c),
     });
     Ok(json(StatusCode::OK, &v))
 }
@@ -655,48 +730,15 @@ pub async fn attach(
         .attach(request)
         .await
         .map_err(|e| not_found_or(e, id))?;
-    let ct = if info.spec.tty {
-        "application/vnd.docker.raw-stream"
-    } else {
-        "application/vnd.docker.multiplexed-stream"
-    };
-    if req.headers().get(header::UPGRADE).is_none() {
-        // A client that does not hijack gets the output as the response body.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        tokio::spawn(async move {
-            let mut chunks = tokio_util::io::ReaderStream::new(core_stream);
-            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut chunks).await {
-                if tx.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut resp = super::json_stream(rx);
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, ct.parse().expect("valid header"));
-        return Ok(resp);
-    }
-    tokio::spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                // Output only: the core does not take stdin yet, and passing the client's
-                // half-close on would end the whole stream on transports without half-close
-                // (the hybrid vsock of the VM backend).
-                let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let mut core = core_stream;
-                let _ = tokio::io::copy(&mut core, &mut client).await;
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut client).await;
-            }
-            Err(e) => tracing::debug!("attach upgrade failed: {e}"),
-        }
-    });
-    Ok(hyper::Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONTENT_TYPE, ct)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "tcp")
-        .body(super::full(Bytes::new()))
-        .expect("valid response"))
+    let upgrade = req.headers().get(header::UPGRADE).is_some();
+    let stdin = q.bool("stdin");
+    Ok(super::exec::hijack(
+        req,
+        upgrade,
+        core_stream,
+        info.spec.tty,
+        stdin,
+    ))
 }
 
 #[cfg(test)]

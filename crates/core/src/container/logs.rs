@@ -48,6 +48,11 @@ impl LogWriter {
         line.push(b'\n');
         self.file.write_all(&line)
     }
+
+    /// Makes what was written durable (at the end of a run).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
 }
 
 /// Cuts a byte stream into log entries: one per line, long lines in [`MAX_ENTRY`] pieces, and

@@ -16,14 +16,22 @@
 //! runtime/<runtime>/              the OCI runtime's --root
 //! ```
 
+pub mod cgroup;
+pub mod exec;
+pub mod export;
 pub mod logs;
 pub mod names;
+pub mod network;
+mod ops;
 pub mod process;
+pub mod restart;
 pub mod rootfs;
 pub mod runtime;
 pub mod shim;
 pub mod spec;
+pub mod stdio;
 pub mod store;
+pub mod top;
 
 use std::collections::HashMap;
 use std::fs;
@@ -60,6 +68,9 @@ pub enum ContainerError {
     /// the reference matches no container
     #[error("No such container: {0}")]
     NotFound(String),
+    /// the id matches no exec instance
+    #[error("No such exec instance: {0}")]
+    ExecNotFound(String),
     /// the name is taken
     #[error("Conflict. The container name \"/{name}\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name.")]
     NameInUse { name: String, id: String },
@@ -95,7 +106,7 @@ pub enum ContainerError {
 impl From<ContainerError> for Error {
     fn from(e: ContainerError) -> Error {
         let code = match &e {
-            ContainerError::NotFound(_) => ErrorCode::NotFound,
+            ContainerError::NotFound(_) | ContainerError::ExecNotFound(_) => ErrorCode::NotFound,
             ContainerError::NameInUse { .. } | ContainerError::Conflict(_) => ErrorCode::Conflict,
             ContainerError::Invalid(_) => ErrorCode::InvalidArgument,
             ContainerError::Unsupported(_) => ErrorCode::Unsupported,
@@ -153,12 +164,33 @@ pub struct ContainerService {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// The last exit of removed containers, for waits on "removed".
     removed: Mutex<HashMap<String, (i64, Option<String>)>>,
+    /// Exec instances (`exec.rs`), by id; kept until their container is removed.
+    execs: Mutex<HashMap<String, Arc<exec::ExecEntry>>>,
+    /// The bridge network (`network.rs`, `crate::net`).
+    network: crate::net::Network,
+    /// Held while an address is chosen and claimed.
+    net_lock: Mutex<()>,
+    /// Restarts the monitor has scheduled (`restart.rs`): container id → when.
+    restarts: Mutex<HashMap<String, Instant>>,
 }
 
 impl ContainerService {
     /// Opens the container records under `data_root`; `shim_binary` is the `berth-core` binary
     /// that supervises containers. Starts the auto-remove monitor.
     pub fn open(data_root: &Path, shim_binary: PathBuf) -> Result<Arc<ContainerService>> {
+        Self::open_with_network(
+            data_root,
+            shim_binary,
+            crate::net::NetworkConfig::dedicated(data_root),
+        )
+    }
+
+    /// As [`ContainerService::open`], with the bridge network where `network` says.
+    pub fn open_with_network(
+        data_root: &Path,
+        shim_binary: PathBuf,
+        network: crate::net::NetworkConfig,
+    ) -> Result<Arc<ContainerService>> {
         let dir = data_root.join("containers");
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let db = data_root.join("containers.redb");
@@ -183,7 +215,12 @@ impl ContainerService {
             default_runtime: runtime::choose(),
             locks: Mutex::new(HashMap::new()),
             removed: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
+            network: crate::net::Network::new(network),
+            net_lock: Mutex::new(()),
+            restarts: Mutex::new(HashMap::new()),
         });
+        svc.remove_orphan_bundles();
         let weak = Arc::downgrade(&svc);
         std::thread::Builder::new()
             .name("auto-remove".into())
@@ -261,17 +298,7 @@ impl ContainerService {
         images: &ImageService,
         mut spec: ContainerSpec,
     ) -> Result<(String, Vec<String>)> {
-        if spec.tty {
-            return Err(ContainerError::Unsupported(
-                "containers with a TTY (-t) are not supported yet".into(),
-            ));
-        }
         let mut warnings = Vec::new();
-        if spec.open_stdin {
-            warnings.push(
-                "Berth does not connect a container's stdin yet: it reads end-of-file".to_string(),
-            );
-        }
         let image = images.inspect(&ImageSelector {
             name: None,
             id_prefix: Some(spec.image_id.clone()),
@@ -331,18 +358,43 @@ impl ContainerService {
         })?;
         warnings.extend(spec_warnings);
 
-        // The record first: a crash now leaves a record whose bundle a start rewrites.
-        self.store.insert(&record).map_err(|e| match e {
-            StoreError::NameInUse { name, id } => ContainerError::NameInUse { name, id },
-            e => e.into(),
-        })?;
-        let written = self.write_bundle(&record, &bundle, &lowers, &oci);
+        // The bundle first, the record last: a create that fails half-way (a full disk) leaves
+        // only a directory to delete, which frees space rather than needing it as a database
+        // write would. A crash in between leaves a bundle without a record, removed at open.
+        let written = self
+            .write_bundle(&record, &bundle, &lowers, &oci)
+            .and_then(|()| {
+                self.store.insert(&record).map_err(|e| match e {
+                    StoreError::NameInUse { name, id } => ContainerError::NameInUse { name, id },
+                    e => e.into(),
+                })
+            });
         if let Err(e) = written {
             let _ = fs::remove_dir_all(&bundle);
-            let _ = self.store.remove(&id);
             return Err(e);
         }
         Ok((id, warnings))
+    }
+
+    /// Deletes bundle directories that have no record: creates cut short by a crash between
+    /// writing the bundle and the record.
+    fn remove_orphan_bundles(&self) {
+        let Ok(ids) = self.store.ids() else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let is_id = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_id && !ids.iter().any(|id| id == name) {
+                tracing::info!(
+                    "removing {}: a create that never finished",
+                    entry.path().display()
+                );
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     fn free_name(&self) -> Result<String> {
@@ -483,6 +535,16 @@ impl ContainerService {
         } else {
             args.remove(0)
         };
+        let network = self.network_info(&rec.id, view.running);
+        let ports = self.published_ports(&rec.id, view.running);
+        let mut state = view.state;
+        if view.running && self.frozen(state.pid) {
+            state.status = ContainerStatus::Paused;
+        }
+        state.restart_count = self.restart_state(&rec.id).count;
+        if !view.running && self.restart_pending(&rec.id) {
+            state.status = ContainerStatus::Restarting;
+        }
         ContainerInfo {
             log_path: shim::log_file(&self.bundle(&rec.id), &rec.id)
                 .display()
@@ -496,7 +558,9 @@ impl ContainerService {
             working_dir: rec.process.working_dir,
             user: rec.process.user,
             created: rec.created,
-            state: view.state,
+            network,
+            ports,
+            state,
             runtime: rec.runtime,
         }
     }
@@ -512,20 +576,38 @@ impl ContainerService {
             .all()?
             .into_iter()
             .map(|r| self.info(r))
-            .filter(|i| all || i.state.status == ContainerStatus::Running)
+            .filter(|i| {
+                all || matches!(
+                    i.state.status,
+                    ContainerStatus::Running | ContainerStatus::Paused
+                )
+            })
             .collect();
         out.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(out)
     }
 
     /// Starts a container through a new supervisor and returns once the process runs (or its
-    /// start failed). Starting a running container does nothing.
+    /// start failed). Starting a running container does nothing. A start by the user: the
+    /// restart count starts again.
     pub fn start(&self, r: &ContainerRef) -> Result<()> {
+        self.start_run(r, false)
+    }
+
+    /// [`ContainerService::start`] without the user's part; `by_policy`: the restart monitor's
+    /// start, which a stop by the user (recorded under the same lock) cancels.
+    fn start_run(&self, r: &ContainerRef, by_policy: bool) -> Result<()> {
         let rec = self.find(r)?;
         let lock = self.lock(&rec.id);
         let _guard = lock.lock().expect("container lock");
         let view = self.view(&rec.id);
         if view.running {
+            return Ok(());
+        }
+        // The restart record changes under the container's lock only.
+        if !by_policy {
+            self.user_started(&rec.id);
+        } else if !self.count_restart(&rec.id) {
             return Ok(());
         }
         let bundle = self.bundle(&rec.id);
@@ -539,7 +621,19 @@ impl ContainerService {
             runtime_root: runtime.root.clone(),
             generation: view.generation + 1,
             detached: false,
+            stdin: rec.spec.open_stdin,
+            tty: rec.spec.tty,
         };
+        self.attach_network(&rec)?;
+        let started = self.run_shim(&args, &bundle);
+        if started.is_err() {
+            self.detach_network(&rec.id);
+        }
+        started
+    }
+
+    /// Runs the supervisor for one start and waits for its answer.
+    fn run_shim(&self, args: &ShimArgs, bundle: &Path) -> Result<()> {
         let shim_log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -586,9 +680,13 @@ impl ContainerService {
 
     fn signal(&self, rec: &ContainerRecord, sig: i32) -> Result<()> {
         match self.runtime(&rec.runtime).kill(&rec.id, sig) {
-            Ok(()) => Ok(()),
-            // It exited between our look and the signal: the caller waits for the exit anyway.
-            Err(_) if !self.view(&rec.id).running => Ok(()),
+            Ok(()) => {
+                self.thaw_after_signal(rec);
+                Ok(())
+            }
+            // It exited between our look and the signal (its supervisor may still be finishing
+            // the run): the caller waits for the exit anyway.
+            Err(_) if self.wait_exit(&rec.id, Some(Duration::from_secs(5))) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -596,6 +694,7 @@ impl ContainerService {
     fn kill_and_wait(&self, rec: &ContainerRecord) -> Result<()> {
         self.signal(rec, libc::SIGKILL)?;
         if self.wait_exit(&rec.id, Some(Duration::from_secs(30))) {
+            self.detach_network(&rec.id);
             Ok(())
         } else {
             Err(ContainerError::Internal(format!(
@@ -610,6 +709,8 @@ impl ContainerService {
         let rec = self.find(r)?;
         let lock = self.lock(&rec.id);
         let _guard = lock.lock().expect("container lock");
+        // Before the signal: the monitor must never take this exit for one to restart after.
+        self.user_stopped(&rec.id);
         if !self.view(&rec.id).running {
             return Ok(());
         }
@@ -623,6 +724,7 @@ impl ContainerService {
         self.signal(&rec, sig)?;
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if self.wait_exit(&rec.id, limit) {
+            self.detach_network(&rec.id);
             return Ok(());
         }
         tracing::info!(
@@ -641,6 +743,11 @@ impl ContainerService {
                 "Cannot kill container: {}: Container {} is not running",
                 r.0, rec.id
             )));
+        }
+        {
+            let lock = self.lock(&rec.id);
+            let _guard = lock.lock().expect("container lock");
+            self.user_stopped(&rec.id);
         }
         self.signal(&rec, sig)
     }
@@ -709,6 +816,7 @@ impl ContainerService {
             self.kill_and_wait(&rec)?;
         }
         let bundle = self.bundle(&rec.id);
+        self.detach_network(&rec.id);
         rootfs::unmount(&bundle.join("rootfs"))
             .map_err(io_err(format!("unmounting the rootfs of {}", rec.id)))?;
         let _ = self.runtime(&rec.runtime).delete(&rec.id, true);
@@ -724,6 +832,7 @@ impl ContainerService {
             .insert(rec.id.clone(), (last.exit_code.unwrap_or(0), last.error));
         self.store.remove(&rec.id)?;
         self.locks.lock().expect("locks").remove(&rec.id);
+        self.forget_execs(&rec.id);
         Ok(())
     }
 
@@ -841,6 +950,8 @@ fn monitor(svc: Weak<ContainerService>) {
             return;
         };
         svc.auto_remove();
+        svc.sweep_network();
+        svc.apply_restart_policies();
     }
 }
 

@@ -144,11 +144,11 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn is_whiteout(m: &fs::Metadata) -> bool {
+pub(crate) fn is_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-fn is_opaque(dir: &Path) -> bool {
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
         return false;
     };

@@ -68,7 +68,15 @@ impl Runtime {
 
     /// `create` with the runtime's own errors logged as JSON to `log` (the container's stdio is
     /// the caller's to set on the returned command).
-    pub fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path, log: &Path) -> Command {
+    /// With `console_socket` the runtime sends the terminal's master there (`-t`).
+    pub fn create_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+        console_socket: Option<&str>,
+    ) -> Command {
         let mut c = self.command();
         c.arg("--log")
             .arg(log)
@@ -78,8 +86,50 @@ impl Runtime {
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+            .arg(pid_file);
+        if let Some(s) = console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        c.arg(id);
+        c
+    }
+
+    /// `exec --detach` of the OCI process in `process` (its `terminal` decides whether a console
+    /// socket is needed); the process's pid goes to `pid_file`.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        log: &Path,
+        console_socket: Option<&str>,
+    ) -> Command {
+        let mut c = self.command();
+        c.arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("exec")
+            .arg("--detach")
+            .arg("--process")
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file);
+        if let Some(s) = console_socket {
+            c.arg("--console-socket").arg(s);
+        }
+        c.arg(id);
+        c
+    }
+
+    /// `delete` as a command, for callers that reap their children themselves.
+    pub fn delete_command(&self, id: &str, force: bool) -> Command {
+        let mut c = self.command();
+        c.arg("delete");
+        if force {
+            c.arg("--force");
+        }
+        c.arg(id).stdout(Stdio::null()).stderr(Stdio::null());
         c
     }
 
@@ -115,6 +165,28 @@ impl Runtime {
             .map(drop)
     }
 
+    /// Freezes the container's processes (the cgroup freezer).
+    pub fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run("pause", &["pause", id]).map(drop)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run("resume", &["resume", id]).map(drop)
+    }
+
+    /// The pids of the container's processes (`ps --format json`).
+    pub fn ps(&self, id: &str) -> Result<Vec<u32>, RuntimeError> {
+        let out = self.run("ps", &["ps", "--format", "json", id])?;
+        serde_json::from_str::<Option<Vec<u32>>>(out.trim())
+            .map(Option::unwrap_or_default)
+            .map_err(|e| RuntimeError::Failed {
+                runtime: self.name.clone(),
+                op: "ps",
+                message: format!("unexpected output {:?}: {e}", out.trim()),
+            })
+    }
+
     /// Deletes the runtime's state (and cgroup) of the container; with `force`, kills it first.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         let mut args = vec!["delete"];
@@ -147,6 +219,9 @@ fn last_error_line(stderr: &str) -> Option<String> {
 
 /// The exit code Docker reports for a container whose start failed with `message`.
 pub fn start_failure_code(message: &str) -> i64 {
+    // runc says "executable file not found", crun "executable file `x` not found in $PATH: No
+    // such file or directory".
+    let message = message.to_ascii_lowercase();
     if message.contains("executable file not found")
         || message.contains("no such file or directory")
     {
@@ -206,6 +281,13 @@ mod tests {
             127
         );
         assert_eq!(start_failure_code("exec: \"/x\": permission denied"), 126);
+        assert_eq!(
+            start_failure_code(
+                "OCI runtime exec failed: executable file `nope` not found in $PATH: No such file or directory"
+            ),
+            127
+        );
+        assert_eq!(start_failure_code("open `/x`: Permission denied"), 126);
         assert_eq!(start_failure_code("cgroup: no such controller"), 128);
     }
 

@@ -16,24 +16,27 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::logs::{now_rfc3339, LineSplitter, LogWriter};
 use super::rootfs::RootfsMount;
 use super::runtime::{last_logged_error, start_failure_code, Runtime};
+use super::stdio::{self, pipe};
 
 pub const STATE_FILE: &str = "state.json";
 pub const ROOTFS_FILE: &str = "rootfs.json";
 const RUNTIME_LOG: &str = "runtime.log";
 const PID_FILE: &str = "init.pid";
+/// Where the runtime sends the container's terminal (`-t`), in the bundle.
+const CONSOLE_SOCKET: &str = "console.sock";
 
 /// The log file of a container, named as dockerd names it.
 pub fn log_file(bundle: &Path, id: &str) -> PathBuf {
@@ -81,7 +84,10 @@ impl RunState {
         let mut f = File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(self).map_err(io::Error::other)?)?;
         f.sync_all()?;
-        fs::rename(&tmp, bundle.join(STATE_FILE))
+        fs::rename(&tmp, bundle.join(STATE_FILE))?;
+        // The rename itself is durable only once the directory is: a machine that dies right
+        // after a container exited must still find it exited (with its code) on the next boot.
+        File::open(bundle)?.sync_all()
     }
 }
 
@@ -116,6 +122,12 @@ pub struct ShimArgs {
     /// Set on the detached copy.
     #[arg(long, hide = true)]
     pub detached: bool,
+    /// Keep the container's stdin open (a pipe the shim writes to) instead of /dev/null.
+    #[arg(long)]
+    pub stdin: bool,
+    /// The container has a terminal (the runtime sends its master to a console socket).
+    #[arg(long)]
+    pub tty: bool,
 }
 
 impl ShimArgs {
@@ -135,6 +147,12 @@ impl ShimArgs {
         ];
         if self.detached {
             v.push("--detached".into());
+        }
+        if self.stdin {
+            v.push("--stdin".into());
+        }
+        if self.tty {
+            v.push("--tty".into());
         }
         v
     }
@@ -249,6 +267,12 @@ impl Supervisor {
     }
 
     fn supervise(mut self) -> Result<(), ShimError> {
+        // Sockets live in the bundle and are bound relative to it (their absolute paths may be
+        // too long for a socket address); the runtime inherits the directory.
+        if let Ok(abs) = fs::canonicalize(&self.args.bundle) {
+            self.args.bundle = abs;
+        }
+        std::env::set_current_dir(&self.args.bundle).map_err(io_err("changing into the bundle"))?;
         self.save()?;
         let id = self.args.id.clone();
         let rootfs = match self.rootfs() {
@@ -276,21 +300,58 @@ impl Supervisor {
         // A crashed earlier run may have left the runtime's state behind.
         let _ = self.runtime.delete(&id, true);
 
-        let (out_r, out_w) = match pipe() {
-            Ok(p) => p,
-            Err(e) => return self.fail(format!("creating pipes: {e}"), Some(&rootfs)),
-        };
-        let (err_r, err_w) = match pipe() {
-            Ok(p) => p,
-            Err(e) => return self.fail(format!("creating pipes: {e}"), Some(&rootfs)),
-        };
+        // The container's stdio: a terminal (its master comes over the console socket), or
+        // pipes for stdout/stderr and, with `-i`, one for stdin.
+        let mut console = None;
+        let mut outputs: Vec<(&'static str, File)> = Vec::new();
+        let mut child_stdio: Vec<OwnedFd> = Vec::new();
+        let mut stdin_w = None;
+        if self.args.tty {
+            match stdio::console_listener(&self.args.bundle, CONSOLE_SOCKET) {
+                Ok(c) => console = Some(c),
+                Err(e) => {
+                    return self.fail(format!("creating the console socket: {e}"), Some(&rootfs))
+                }
+            }
+        } else {
+            let pipes = (|| -> io::Result<()> {
+                if self.args.stdin {
+                    let (r, w) = pipe()?;
+                    child_stdio.push(r);
+                    stdin_w = Some(File::from(w));
+                }
+                for stream in ["stdout", "stderr"] {
+                    let (r, w) = pipe()?;
+                    outputs.push((stream, File::from(r)));
+                    child_stdio.push(w);
+                }
+                Ok(())
+            })();
+            if let Err(e) = pipes {
+                return self.fail(format!("creating pipes: {e}"), Some(&rootfs));
+            }
+        }
         let created = {
-            // The command owns the write ends; it is dropped at the end of this block so that
+            // The command owns the child's ends; it is dropped at the end of this block so that
             // only the container holds them afterwards.
-            let mut create =
-                self.runtime
-                    .create_command(&id, self.bundle(), &pid_file, &runtime_log);
-            create.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+            let mut create = self.runtime.create_command(
+                &id,
+                self.bundle(),
+                &pid_file,
+                &runtime_log,
+                console.as_ref().map(|c| c.1.as_str()),
+            );
+            let mut ends = child_stdio.into_iter();
+            if !self.args.tty {
+                if self.args.stdin {
+                    create.stdin(Stdio::from(ends.next().expect("stdin pipe")));
+                }
+                create
+                    .stdout(Stdio::from(ends.next().expect("stdout pipe")))
+                    .stderr(Stdio::from(ends.next().expect("stderr pipe")));
+            } else {
+                create.stdout(Stdio::null()).stderr(Stdio::null());
+            }
             create.status()
         };
         match created {
@@ -304,6 +365,25 @@ impl Supervisor {
                 return self.fail(format!("running {}: {e}", self.runtime.name), Some(&rootfs))
             }
         }
+        let mut master = None;
+        if let Some((listener, _)) = &console {
+            match stdio::receive_console(listener, Duration::from_secs(10))
+                .and_then(|m| Ok((m.try_clone()?, m)))
+            {
+                Ok((out, m)) => {
+                    outputs.push(("stdout", out));
+                    master = Some(m);
+                }
+                Err(e) => {
+                    return self.fail(
+                        format!("receiving the container's terminal: {e}"),
+                        Some(&rootfs),
+                    )
+                }
+            }
+        }
+        drop(console);
+        let _ = fs::remove_file(CONSOLE_SOCKET);
         let pid = match fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -313,11 +393,17 @@ impl Supervisor {
         };
 
         let (done_tx, done_rx) = mpsc::channel();
-        for (stream, fd) in [("stdout", out_r), ("stderr", err_r)] {
+        let copiers = outputs.len();
+        let tty = self.args.tty;
+        for (stream, from) in outputs {
             let log = log.clone();
             let done = done_tx.clone();
             std::thread::spawn(move || {
-                copy_output(File::from(fd), stream, &log);
+                if tty {
+                    copy_raw(from, stream, &log);
+                } else {
+                    copy_output(from, stream, &log);
+                }
                 let _ = done.send(());
             });
         }
@@ -325,6 +411,28 @@ impl Supervisor {
 
         if let Err(e) = self.runtime.start(&id) {
             return self.fail(format!("OCI runtime start failed: {e}"), Some(&rootfs));
+        }
+        // From here on every child is reaped by the reaper (exec processes too).
+        let reaper = stdio::Reaper::start();
+        let stdin_file = match (&master, stdin_w) {
+            (Some(m), _) => m.try_clone().ok(),
+            (None, w) => w,
+        };
+        let io = Arc::new(stdio::ShimIo {
+            container_id: id.clone(),
+            bundle: self.args.bundle.clone(),
+            runtime: self.runtime.clone(),
+            reaper: reaper.clone(),
+            stdin: Mutex::new(stdin_file),
+            tty: master,
+        });
+        let _ = fs::remove_file(stdio::SOCKET);
+        match UnixListener::bind(stdio::SOCKET) {
+            Ok(l) => {
+                let _ = fs::set_permissions(stdio::SOCKET, fs::Permissions::from_mode(0o600));
+                io.serve(l);
+            }
+            Err(e) => tracing::warn!("container {id}: serving {}: {e}", stdio::SOCKET),
         }
         self.state.phase = Phase::Running;
         self.state.pid = Some(pid as u32);
@@ -334,17 +442,29 @@ impl Supervisor {
         self.save()?;
         self.tell_core(&Ready::Started { pid: pid as u32 });
 
-        let code = reap(Pid::from_raw(pid));
+        let code = reaper.wait(pid);
+        let _ = fs::remove_file(stdio::SOCKET);
         // The copiers end when the last writer (the container's processes) is gone; a process
         // that escaped the container could hold a pipe forever, so do not wait for long.
-        for _ in 0..2 {
+        for _ in 0..copiers {
             let _ = done_rx.recv_timeout(Duration::from_secs(5));
         }
-        if self.runtime.delete(&id, false).is_err() {
-            let _ = self.runtime.delete(&id, true);
+        let _ = fs::remove_file(stdio::SOCKET);
+        if !matches!(reaper.run(self.runtime.delete_command(&id, false)), Ok(0)) {
+            let _ = reaper.run(self.runtime.delete_command(&id, true));
         }
         if let Err(e) = rootfs.unmount() {
             tracing::warn!("container {id}: unmounting the rootfs: {e}");
+        }
+        // The run's network namespace (bridge containers) goes with it, also when no core is
+        // there to clean up; before the final state, so a next start never meets it.
+        let netns = self.bundle().join(super::network::NETNS_FILE);
+        if netns.exists() {
+            crate::net::detach(&netns);
+        }
+        // The output is on disk before the state says the run is over.
+        if let Err(e) = log.lock().map(|l| l.sync()) {
+            tracing::warn!("container {id}: syncing the log: {e}");
         }
         self.state.phase = Phase::Exited;
         self.state.pid = None;
@@ -354,8 +474,23 @@ impl Supervisor {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+/// Copies a terminal's output into the log as it comes (a prompt has no newline): one entry per
+/// read.
+fn copy_raw(mut from: File, stream: &str, log: &Mutex<LogWriter>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = log.lock().expect("log lock").write_entry(stream, &buf[..n]) {
+                    tracing::warn!("writing the container log: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // EIO once every process holding the terminal is gone.
+            Err(_) => break,
+        }
+    }
 }
 
 fn copy_output(mut from: File, stream: &str, log: &Mutex<LogWriter>) {
@@ -375,26 +510,6 @@ fn copy_output(mut from: File, stream: &str, log: &Mutex<LogWriter>) {
         }
     }
     splitter.finish(&mut emit);
-}
-
-/// Reaps children until `init` exits; returns its exit code the way Docker reports it (128 +
-/// the signal for a killed process).
-fn reap(init: Pid) -> i64 {
-    loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(p, code)) if p == init => return i64::from(code),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == init => return 128 + sig as i64,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            // Not our child after all (should not happen): poll until it is gone.
-            Err(_) => {
-                while nix::sys::signal::kill(init, None).is_ok() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                return 255;
-            }
-        }
-    }
 }
 
 /// Reads the shim's [`Ready`] line; `None` when it exited without one.
@@ -437,6 +552,8 @@ mod tests {
             runtime_root: "/r".into(),
             generation: 3,
             detached: true,
+            stdin: true,
+            tty: true,
         };
         let parsed = ShimArgs::parse_from(a.to_args());
         assert_eq!(parsed.to_args(), a.to_args());

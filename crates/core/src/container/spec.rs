@@ -258,14 +258,17 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
         .gid(input.user.gid)
         .additional_gids(input.user.additional_gids.clone())
         .build()?;
-    let process = ProcessBuilder::default()
+    let mut env = process_env(&rec.process.env, &rec.process.hostname, &input.user.home);
+    if rec.spec.tty {
+        // As dockerd: a terminal is an xterm unless the container says otherwise.
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+    }
+    let mut process = ProcessBuilder::default()
         .terminal(rec.spec.tty)
         .args(rec.process.args.clone())
-        .env(process_env(
-            &rec.process.env,
-            &rec.process.hostname,
-            &input.user.home,
-        ))
+        .env(env)
         .cwd(rec.process.working_dir.clone())
         .user(user)
         .capabilities(capabilities)
@@ -276,6 +279,15 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
             .build()?])
         .no_new_privileges(no_new_privileges)
         .build()?;
+    if let (true, Some((rows, cols))) = (rec.spec.tty, rec.spec.console_size) {
+        // The terminal's first size (HostConfig.ConsoleSize), before any resize arrives.
+        process.set_console_size(Some(
+            oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build()?,
+        ));
+    }
 
     let mounts = mounts(input)?;
 
@@ -285,9 +297,16 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
+    // A bridge container joins the namespace the core prepares at start (`<bundle>/netns`,
+    // see `network.rs`); `none` gets a new one with only loopback.
+    let mut netns_path = None;
     match host.network_mode.as_str() {
         "host" => {}
-        "" | "default" | "bridge" | "none" => namespaces.push(LinuxNamespaceType::Network),
+        "" | "default" | "bridge" => {
+            namespaces.push(LinuxNamespaceType::Network);
+            netns_path = Some(input.bundle.join(super::network::NETNS_FILE));
+        }
+        "none" => namespaces.push(LinuxNamespaceType::Network),
         other => return Err(SpecError::Network(other.to_string())),
     }
     if input.cgroup_v2 {
@@ -295,7 +314,15 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
     }
     let namespaces = namespaces
         .into_iter()
-        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .map(|typ| {
+            let mut b = LinuxNamespaceBuilder::default().typ(typ);
+            if typ == LinuxNamespaceType::Network {
+                if let Some(p) = &netns_path {
+                    b = b.path(p.clone());
+                }
+            }
+            b.build()
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut resources =
@@ -553,6 +580,7 @@ mod tests {
             .map(|n| n["type"].as_str().unwrap())
             .collect();
         assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(v["linux"]["namespaces"][4]["path"], "/b/netns");
         let dests: Vec<&str> = v["mounts"]
             .as_array()
             .unwrap()

@@ -131,6 +131,42 @@ impl ContainerStore {
         Ok(out)
     }
 
+    /// Gives a container a new name in one transaction: the new name is claimed (or
+    /// [`StoreError::NameInUse`]), the old one freed, the record updated.
+    pub fn rename(&self, id: &str, new_name: &str) -> Result<ContainerRecord, StoreError> {
+        let txn = self.db.begin_write()?;
+        let rec = {
+            let mut t = txn.open_table(CONTAINERS)?;
+            let old = t.get(id)?.map(|v| v.value().to_string());
+            let Some(old) = old else {
+                return Err(StoreError::Corrupt {
+                    key: id.to_string(),
+                    message: "the record is gone".into(),
+                });
+            };
+            let mut rec: ContainerRecord = decode(id, &old)?;
+            let mut names = txn.open_table(NAMES)?;
+            let holder = names.get(new_name)?.map(|v| v.value().to_string());
+            if let Some(holder) = holder {
+                return Err(StoreError::NameInUse {
+                    name: new_name.to_string(),
+                    id: holder,
+                });
+            }
+            let held = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
+            if held.as_deref() == Some(id) {
+                names.remove(rec.name.as_str())?;
+            }
+            names.insert(new_name, id)?;
+            rec.name = new_name.to_string();
+            rec.spec.name = Some(new_name.to_string());
+            t.insert(id, encode(&rec).as_str())?;
+            rec
+        };
+        txn.commit()?;
+        Ok(rec)
+    }
+
     /// Deletes the record and frees its name; a missing record is not an error.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
@@ -200,5 +236,28 @@ mod tests {
         assert!(s.id_by_name("web").unwrap().is_none());
         s.insert(&rec("b2", "web")).unwrap();
         assert_eq!(s.ids().unwrap(), vec!["b2".to_string()]);
+    }
+
+    #[test]
+    fn rename_moves_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ContainerStore::open(&dir.path().join("c.redb")).unwrap();
+        s.insert(&rec("a1", "web")).unwrap();
+        s.insert(&rec("b2", "db")).unwrap();
+        match s.rename("a1", "db") {
+            Err(StoreError::NameInUse { name, id }) => {
+                assert_eq!((name.as_str(), id.as_str()), ("db", "b2"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = s.rename("a1", "front").unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.spec.name.as_deref()),
+            ("front", Some("front"))
+        );
+        assert_eq!(s.get("a1").unwrap().unwrap().name, "front");
+        assert_eq!(s.id_by_name("front").unwrap().as_deref(), Some("a1"));
+        assert!(s.id_by_name("web").unwrap().is_none());
+        s.insert(&rec("c3", "web")).unwrap();
     }
 }
