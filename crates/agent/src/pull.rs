@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use berth_proto::{
     BlobWrite, ImagePut, ImageSelector, LayerRef, LayerUnpack, RawBlob, Request, Response,
 };
-use berth_registry::{Client, Fetched, Platform, Reference, RegistryError};
+use berth_registry::{Client, Endpoint, Fetched, Platform, Reference, RegistryError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, Semaphore};
@@ -123,6 +123,18 @@ pub async fn fetch(
             format!("Using mirror {}", resolved.endpoint.base),
         ))
         .await;
+    } else if !resolved.skipped.is_empty()
+        || !registry
+            .config()
+            .mirrors_for(&reference.registry)
+            .is_empty()
+    {
+        // Mirrors are configured and none served: say that the registry itself did.
+        send(Progress::line(
+            None,
+            format!("Using {} (the registry itself)", resolved.endpoint.base),
+        ))
+        .await;
     }
 
     let config: serde_json::Value = serde_json::from_slice(&resolved.config.bytes)
@@ -187,6 +199,7 @@ pub async fn fetch(
         }
     }
 
+    let manifest_endpoint = &resolved.endpoint;
     let limit = Arc::new(Semaphore::new(PARALLEL_LAYERS));
     let mut jobs = FuturesUnordered::new();
     for l in todo {
@@ -204,50 +217,82 @@ pub async fn fetch(
         jobs.push(async move {
             let _permit = limit.acquire().await.expect("semaphore open");
             let id = short(&l.digest);
-            let blob = registry.fetch_blob(&reference, &desc).await?;
-            for s in &blob.skipped {
-                let _ = tx
-                    .send(Progress::line(
-                        Some(&id),
-                        format!("Skipped {}: {}", s.endpoint.base, s.reason),
-                    ))
-                    .await;
-            }
-            let total = l.size;
-            let mut last = Instant::now() - Duration::from_secs(1);
-            let progress_tx = tx.clone();
-            let progress_id = id.clone();
-            let write = BlobWrite {
-                digest: l.digest.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-                unpack: Some(LayerUnpack {
-                    diff_id: l.diff_id.clone(),
-                    chain_id: l.chain_id.clone(),
-                }),
-            };
-            let result = core
-                .write_blob(write, blob.stream, move |n| {
-                    if last.elapsed() >= Duration::from_millis(100) || n == total {
-                        last = Instant::now();
-                        let _ = progress_tx.try_send(Progress {
-                            id: Some(progress_id.clone()),
-                            status: "Downloading".into(),
-                            current: Some((n, total)),
-                        });
-                    }
-                })
-                .await;
-            match result {
-                Ok(_) => {
+            // Content a mirror served that fails verification in the core is refused, and the
+            // blob fetched again from the next endpoint.
+            let mut refused: Vec<Endpoint> = Vec::new();
+            loop {
+                let blob = registry
+                    .fetch_blob_excluding(&reference, &desc, &refused)
+                    .await?;
+                for s in &blob.skipped {
                     let _ = tx
-                        .send(Progress::line(Some(&id), "Download complete"))
+                        .send(Progress::line(
+                            Some(&id),
+                            format!("Skipped {}: {}", s.endpoint.base, s.reason),
+                        ))
                         .await;
-                    let _ = tx.send(Progress::line(Some(&id), "Pull complete")).await;
-                    Ok(())
                 }
-                Err(BlobUploadError::Source(e)) => Err(PullError::Registry(e)),
-                Err(BlobUploadError::Core(e)) => Err(PullError::Core(e)),
+                if !refused.is_empty() || blob.endpoint.base != manifest_endpoint.base {
+                    let _ = tx
+                        .send(Progress::line(
+                            Some(&id),
+                            format!("Fetching from {}", blob.endpoint.base),
+                        ))
+                        .await;
+                }
+                let source = blob.endpoint.clone();
+                let total = l.size;
+                let mut last = Instant::now() - Duration::from_secs(1);
+                let progress_tx = tx.clone();
+                let progress_id = id.clone();
+                let write = BlobWrite {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                    unpack: Some(LayerUnpack {
+                        diff_id: l.diff_id.clone(),
+                        chain_id: l.chain_id.clone(),
+                    }),
+                };
+                let result = core
+                    .write_blob(write, blob.stream, move |n| {
+                        if last.elapsed() >= Duration::from_millis(100) || n == total {
+                            last = Instant::now();
+                            let _ = progress_tx.try_send(Progress {
+                                id: Some(progress_id.clone()),
+                                status: "Downloading".into(),
+                                current: Some((n, total)),
+                            });
+                        }
+                    })
+                    .await;
+                return match result {
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Progress::line(Some(&id), "Download complete"))
+                            .await;
+                        let _ = tx.send(Progress::line(Some(&id), "Pull complete")).await;
+                        Ok(())
+                    }
+                    Err(BlobUploadError::Core(e))
+                        if source.mirror && e.code == berth_proto::ErrorCode::DataLoss =>
+                    {
+                        tracing::warn!(mirror = %source.base, "layer {} refused: {}", l.digest, e.message);
+                        let _ = tx
+                            .send(Progress::line(
+                                Some(&id),
+                                format!(
+                                    "Skipped {}: its content failed verification: {}",
+                                    source.base, e.message
+                                ),
+                            ))
+                            .await;
+                        refused.push(source);
+                        continue;
+                    }
+                    Err(BlobUploadError::Source(e)) => Err(PullError::Registry(e)),
+                    Err(BlobUploadError::Core(e)) => Err(PullError::Core(e)),
+                };
             }
         });
     }

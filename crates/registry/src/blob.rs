@@ -68,11 +68,39 @@ impl Client {
         r: &Reference,
         desc: &Descriptor,
     ) -> Result<BlobStream, RegistryError> {
+        self.fetch_blob_excluding(r, desc, &[]).await
+    }
+
+    /// [`Client::fetch_blob`] from the endpoints other than `exclude` (those whose content
+    /// already failed verification for this blob, say).
+    pub async fn fetch_blob_excluding(
+        &self,
+        r: &Reference,
+        desc: &Descriptor,
+        exclude: &[Endpoint],
+    ) -> Result<BlobStream, RegistryError> {
         let cfg = self.config();
         let what = format!("blob {} of {}", desc.digest, r.name());
         let mut skipped = Vec::new();
         let mut attempts = Vec::new();
-        let endpoints = self.endpoints(&cfg, &r.registry).await;
+        let endpoints: Vec<Candidate> = self
+            .endpoints(&cfg, &r.registry)
+            .await
+            .into_iter()
+            .filter(|c| !exclude.iter().any(|x| x.base == c.endpoint.base))
+            .collect();
+        if endpoints.is_empty() && !exclude.is_empty() {
+            return Err(RegistryError::InvalidConfig {
+                message: format!(
+                    "no endpoint left for {what}: {} served content that failed verification",
+                    exclude
+                        .iter()
+                        .map(|e| e.base.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let count = endpoints.len();
         for (
             i,

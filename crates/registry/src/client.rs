@@ -145,12 +145,29 @@ impl Client {
         creds: Arc<dyn CredentialStore>,
     ) -> Result<Client, RegistryError> {
         config.validate()?;
+        let mut roots = Vec::new();
+        for pem in &config.ca_certificates {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                RegistryError::InvalidConfig {
+                    message: format!("a CA certificate does not parse as PEM: {e}"),
+                }
+            })?;
+            if certs.is_empty() {
+                return Err(RegistryError::InvalidConfig {
+                    message: "a CA file holds no PEM certificate".into(),
+                });
+            }
+            roots.extend(certs);
+        }
         let build = |proxied: bool, accept_invalid: bool| {
             let mut b = reqwest::Client::builder()
                 .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(CONNECT_TIMEOUT)
                 .read_timeout(READ_TIMEOUT)
                 .danger_accept_invalid_certs(accept_invalid);
+            for cert in &roots {
+                b = b.add_root_certificate(cert.clone());
+            }
             if !proxied {
                 b = b.no_proxy();
             }
@@ -171,6 +188,20 @@ impl Client {
                 schemes: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// A client with this one's configuration, credentials and connections, but token and
+    /// challenge caches of its own (for probes that must not teach the shared client).
+    pub(crate) fn detached(&self) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                config: RwLock::new(self.config()),
+                creds: self.inner.creds.clone(),
+                auth: AuthCache::default(),
+                schemes: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Replaces the configuration; the next operation uses it. Invalid mirror URLs are skipped
@@ -352,13 +383,13 @@ impl Client {
 
     /// The HTTP client for a URL: loopback is never proxied (as Go's ProxyFromEnvironment);
     /// registries that may use http also have their certificates unchecked over https.
-    fn http_for(&self, url: &url::Url, insecure: bool) -> &reqwest::Client {
+    pub(crate) fn http_for(&self, url: &url::Url, insecure: bool) -> &reqwest::Client {
         let host = crate::endpoint::host_port(url);
         let proxied = !is_loopback(&host);
         &self.inner.http[usize::from(proxied)][usize::from(insecure)]
     }
 
-    fn tls_relaxed(&self, cfg: &RegistryConfig, url: &url::Url) -> bool {
+    pub(crate) fn tls_relaxed(&self, cfg: &RegistryConfig, url: &url::Url) -> bool {
         url.scheme() == "https" && cfg.http_allowed(&crate::endpoint::host_port(url))
     }
 

@@ -29,6 +29,10 @@ pub struct RegistryConfig {
     pub mirror_only: BTreeSet<String>,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// Extra certificate authorities (PEM, one or more certificates each) trusted for https
+    /// endpoints besides the system's roots. Read by [`crate::Client::new`]; a
+    /// [`crate::Client::set_config`] keeps the roots the client was built with.
+    pub ca_certificates: Vec<Vec<u8>>,
 }
 
 /// Retries of transient failures (no answer, 5xx, 429): `attempts` in all, waiting

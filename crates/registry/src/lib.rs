@@ -12,6 +12,7 @@ mod client;
 mod endpoint;
 mod error;
 pub mod manifest;
+mod probe;
 pub mod reference;
 
 #[cfg(test)]
@@ -28,4 +29,5 @@ pub use client::{Client, Fetched, Resolved, SkippedEndpoint};
 pub use endpoint::{Endpoint, RegistryConfig, RetryPolicy, ANY_REGISTRY, DOCKER_HUB_UPSTREAM};
 pub use error::RegistryError;
 pub use manifest::{media_type, Descriptor, ImageIndex, ImageManifest, Platform};
+pub use probe::{ImageCheck, MirrorProbe, TlsUse};
 pub use reference::{Reference, ReferenceError};

@@ -430,6 +430,67 @@ async fn a_working_mirror_is_used_and_set_config_applies_live() {
 }
 
 #[tokio::test]
+async fn a_blob_is_fetched_again_without_the_endpoints_excluded() {
+    let (content, layer) = hello();
+    let upstream = open_server(content.clone()).await;
+    let mirror = open_server(content).await;
+    let mut cfg = config();
+    let mirror_url = url::Url::parse(&format!("http://{}/", mirror.host())).unwrap();
+    cfg.mirrors
+        .insert(upstream.host(), vec![mirror_url.clone()]);
+    let c = client(cfg);
+    let r = reference(&upstream, "berth/hello");
+    let res = c.resolve(&r, &amd64()).await.unwrap();
+    let first = c.fetch_blob(&r, &res.layers[0]).await.unwrap();
+    assert!(first.endpoint.mirror);
+    let excluded = first.endpoint.clone();
+    drop(first);
+    let again = c
+        .fetch_blob_excluding(&r, &res.layers[0], std::slice::from_ref(&excluded))
+        .await
+        .unwrap();
+    assert!(!again.endpoint.mirror, "the upstream serves it");
+    assert!(
+        again.skipped.is_empty(),
+        "an excluded endpoint is not tried"
+    );
+    assert_eq!(collect(again).await.unwrap(), layer);
+
+    // Every endpoint excluded: an error naming them, no request made.
+    let before = upstream.requests().len();
+    let up = Endpoint::upstream(&upstream.host(), "http");
+    let e = c
+        .fetch_blob_excluding(&r, &res.layers[0], &[excluded, up])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("failed verification"), "{e}");
+    assert!(e.to_string().contains(mirror_url.as_str()), "{e}");
+    assert_eq!(upstream.requests().len(), before);
+}
+
+#[tokio::test]
+async fn probing_a_mirror_reports_what_it_answers() {
+    let (content, _) = hello();
+    let mirror = open_server(content).await;
+    let c = client(config());
+    let url = url::Url::parse(&format!("http://{}/", mirror.host())).unwrap();
+    let p = c.probe_mirror(&url, Some("berth/hello")).await;
+    assert!(p.reachable, "{p:?}");
+    assert_eq!(p.status, Some(200));
+    assert_eq!(p.tls, crate::TlsUse::None);
+    assert_eq!(p.auth.as_deref(), Some("none"));
+    let image = p.image.unwrap();
+    assert!(image.found, "{image:?}");
+    assert_eq!(image.repository, "berth/hello");
+    let p = c.probe_mirror(&url, Some("berth/absent")).await;
+    assert!(!p.image.unwrap().found);
+    let bad = url::Url::parse(&format!("http://{}/v2/", mirror.host())).unwrap();
+    let p = c.probe_mirror(&bad, None).await;
+    assert!(!p.reachable);
+    assert!(p.error.unwrap().contains("path"));
+}
+
+#[tokio::test]
 async fn not_found_everywhere_names_the_reference() {
     let (content, _) = hello();
     let upstream = open_server(content).await;

@@ -140,7 +140,7 @@ pub async fn create(daemon: Arc<Daemon>, q: &Query, auth: Option<&str>) -> ApiRe
         Some(p) => parse_platform(p)?,
         None => daemon.platform.clone(),
     };
-    let creds = auth.and_then(super::system::decode_registry_auth);
+    let creds = crate::credentials::for_pull(&reference.registry, auth).await;
     let registry = daemon.registry_for_pull(&reference, creds)?;
     let resolved = pull::resolve(&registry, &reference, &platform)
         .await
