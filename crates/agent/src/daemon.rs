@@ -16,9 +16,18 @@ pub struct Daemon {
     /// A random id for `/info`, new each start.
     pub id: String,
     pub core: Arc<CoreClient>,
+    /// Failures and restarts of the backend (`supervisor`).
+    pub health: Arc<crate::supervisor::Health>,
+    /// Published ports served on the host (`ports`).
+    pub ports: Arc<crate::ports::Ports>,
     /// The platform images are pulled for: the VM's (the host's on the direct backend).
     pub platform: Platform,
     registry: RwLock<(RegistryConfig, Client)>,
+    /// The settings file (`settings`), when berthd runs with one.
+    pub settings: Option<Arc<crate::settings::SettingsStore>>,
+    /// The registry configuration of the command line (`--registry-mirror`, `--mirror`,
+    /// `--insecure-registry`), laid over the settings file's.
+    flag_registry: RegistryConfig,
 }
 
 /// No stored credentials yet (the keyring comes with the settings issue): pulls use what the
@@ -53,9 +62,49 @@ impl Daemon {
         Ok(Daemon {
             id: format!("{:032x}", rand::random::<u128>()),
             core: Arc::new(CoreClient::new(backend)),
+            health: Arc::default(),
+            ports: Arc::default(),
             platform: Platform::host_linux(),
-            registry: RwLock::new((registry_config, client)),
+            registry: RwLock::new((registry_config.clone(), client)),
+            settings: None,
+            flag_registry: registry_config,
         })
+    }
+
+    /// A daemon whose registry configuration is the settings file's with the command line's
+    /// (`flags`) laid over it (`settings::overlay`).
+    pub fn with_settings(
+        backend: Arc<dyn VmBackend>,
+        flags: RegistryConfig,
+        store: Arc<crate::settings::SettingsStore>,
+    ) -> anyhow::Result<Daemon> {
+        let file = store
+            .current()
+            .settings
+            .registry_config()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", store.path().display()))?;
+        let mut d = Daemon::new(backend, crate::settings::overlay(&flags, &file))?;
+        d.flag_registry = flags;
+        d.settings = Some(store);
+        Ok(d)
+    }
+
+    /// The registry client `settings` ask for (with the command line laid over them): a new
+    /// client (new CA roots, no cached tokens), not yet in use.
+    pub fn prepare_registry(
+        &self,
+        settings: &crate::settings::Settings,
+    ) -> Result<(RegistryConfig, Client), String> {
+        let cfg = crate::settings::overlay(&self.flag_registry, &settings.registry_config()?);
+        let client = Client::new(cfg.clone(), Arc::new(NoCredentials))
+            .map_err(|e| format!("registry client: {e}"))?;
+        Ok((cfg, client))
+    }
+
+    /// Makes a prepared client the one of the next pull, swapped in under the lock; pulls
+    /// under way keep the client they started with.
+    pub fn install_registry(&self, prepared: (RegistryConfig, Client)) {
+        *self.registry.write().expect("registry lock") = prepared;
     }
 
     pub fn registry(&self) -> Client {

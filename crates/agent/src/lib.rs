@@ -4,8 +4,13 @@
 
 #![recursion_limit = "256"]
 
+pub mod admin;
 pub mod core_client;
+pub mod credentials;
 pub mod daemon;
 pub mod docker;
 pub mod names;
+pub mod ports;
 pub mod pull;
+pub mod settings;
+pub mod supervisor;

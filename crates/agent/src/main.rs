@@ -9,11 +9,10 @@ use berth_registry::RegistryConfig;
 use berth_vm::direct::{DirectBackend, DirectConfig};
 use berth_vm::qemu::{GuestArch, QemuBackend, QemuConfig};
 use berth_vm::VmBackend;
-use clap::Parser;
 
 use berth_agent::daemon::{self, Daemon};
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "berthd",
     version,
@@ -29,11 +28,15 @@ struct Args {
     #[arg(long, env = "BERTH_VM_IMAGE")]
     vm_image: Option<PathBuf>,
     /// VM CPUs (qemu backend).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "BERTH_VM_CPUS", default_value_t = 2)]
     vm_cpus: u32,
     /// VM memory in MiB (qemu backend).
     #[arg(long, default_value_t = 1024)]
     vm_memory: u32,
+    /// Size of the VM's data disk in GiB, used when the disk is first created (qemu backend;
+    /// sparse: it takes only what the guest writes).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16384))]
+    vm_disk: u64,
     /// The socket to serve (created 0600).
     #[arg(long, env = "BERTH_SOCKET")]
     socket: Option<PathBuf>,
@@ -52,6 +55,12 @@ struct Args {
     /// A registry reached over plain http (host[:port]); 127.0.0.0/8 always is.
     #[arg(long = "insecure-registry")]
     insecure: Vec<String>,
+    /// The settings file (default: $XDG_CONFIG_HOME/berth/settings.json, else
+    /// ~/.config/berth/settings.json). berthd refuses to start when it does not validate.
+    /// The registry flags above are laid over it; `vm` values apply where no --vm-* flag is
+    /// given.
+    #[arg(long, env = "BERTH_SETTINGS")]
+    settings: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,12 +71,45 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let mut args =
+        <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let settings_path = args
+        .settings
+        .clone()
+        .unwrap_or_else(berth_agent::settings::default_path);
+    // A settings file that does not validate stops berthd here, naming the file and every
+    // error; it is never reset.
+    let store = berth_agent::settings::SettingsStore::load(&settings_path).inspect_err(|e| {
+        tracing::error!("{e}");
+    })?;
+    for w in &store.load_warnings {
+        tracing::warn!("{}: {w}", settings_path.display());
+    }
+    vm_from_settings(&mut args, &matches, &store.current().settings);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(run(args))
+        .block_on(run(args, Arc::new(store)))
+}
+
+/// The settings file's `vm` values, where the command line gave none.
+fn vm_from_settings(
+    args: &mut Args,
+    matches: &clap::ArgMatches,
+    settings: &berth_agent::settings::Settings,
+) {
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if let (false, Some(n)) = (given("vm_cpus"), settings.vm.cpus) {
+        args.vm_cpus = n;
+    }
+    if let (false, Some(n)) = (given("vm_memory"), settings.vm.memory) {
+        args.vm_memory = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let (false, Some(n)) = (given("vm_disk"), settings.vm.disk) {
+        args.vm_disk = n;
+    }
 }
 
 fn qemu_backend(args: &Args, data_root: &std::path::Path) -> anyhow::Result<QemuBackend> {
@@ -90,20 +132,10 @@ fn qemu_backend(args: &Args, data_root: &std::path::Path) -> anyhow::Result<Qemu
     let mut config = QemuConfig::new(arch, kernel, initramfs, data_root.join("vm"));
     config.cpus = args.vm_cpus;
     config.memory_mib = args.vm_memory;
-    config.vsock_helper = find_program("vhost-device-vsock")
+    config.data_disk_size = args.vm_disk << 30;
+    config.vsock_helper = berth_vm::find_program("vhost-device-vsock")
         .context("vhost-device-vsock is not installed (cargo install vhost-device-vsock)")?;
     Ok(QemuBackend::new(config))
-}
-
-/// A program on PATH or in cargo's bin directory.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
@@ -128,7 +160,10 @@ fn registry_config(args: &Args) -> anyhow::Result<RegistryConfig> {
     Ok(config)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    settings: Arc<berth_agent::settings::SettingsStore>,
+) -> anyhow::Result<()> {
     let socket = args.socket.clone().unwrap_or_else(daemon::default_socket);
     let data_root = args
         .data_root
@@ -162,7 +197,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = daemon::bind_socket(&socket)?;
     backend.start().await.context("starting the core")?;
-    let daemon = Arc::new(Daemon::new(backend.clone(), registry_config(&args)?)?);
+    let daemon = Arc::new(Daemon::with_settings(
+        backend.clone(),
+        registry_config(&args)?,
+        settings,
+    )?);
+    // Containers that kept running while berthd was down get their published ports back.
+    daemon.ports.restore(daemon.core.clone()).await;
     tracing::info!(
         "berthd listening on unix://{} ({} backend); try: docker -H unix://{} version",
         socket.display(),
@@ -177,9 +218,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
+    // A machine or core that dies is found, reported and started again.
+    let supervisor = tokio::spawn(berth_agent::supervisor::supervise(
+        daemon.core.clone(),
+        daemon.health.clone(),
+    ));
+    let core = daemon.core.clone();
     daemon::serve(daemon, listener, shutdown).await;
     tracing::info!("berthd stopping");
+    supervisor.abort();
+    if backend.name() != "direct" {
+        // The machine is about to power off: containers get their stop signal and timeout
+        // first, as `docker stop` gives them, rather than dying with the guest.
+        // A core that does not answer (a hung guest) must not keep berthd from stopping.
+        let cap = Duration::from_secs(60);
+        if tokio::time::timeout(cap, stop_running_containers(&core))
+            .await
+            .is_err()
+        {
+            tracing::warn!("containers did not stop within {cap:?}; powering the guest off");
+        }
+    }
     let _ = backend.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// `docker stop` for every running container, all at once, each with its own signal and
+/// timeout; returns when all are stopped (or the core stopped answering).
+async fn stop_running_containers(core: &berth_agent::core_client::CoreClient) {
+    use berth_proto::{ContainerRef, ContainerStatus, Request, Response};
+    let Ok(Response::Containers { containers }) =
+        core.call(Request::ContainerList { all: false }).await
+    else {
+        return;
+    };
+    let running: Vec<_> = containers
+        .into_iter()
+        .filter(|c| c.state.status == ContainerStatus::Running)
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    tracing::info!("stopping {} running container(s)", running.len());
+    let stops = running.iter().map(|c| {
+        core.call(Request::ContainerStop {
+            container: ContainerRef(c.id.clone()),
+            signal: None,
+            timeout: None,
+        })
+    });
+    for (c, result) in running
+        .iter()
+        .zip(futures_util::future::join_all(stops).await)
+    {
+        if let Err(e) = result {
+            tracing::warn!(
+                "stopping container {}: {}",
+                &c.id[..12.min(c.id.len())],
+                e.message
+            );
+        }
+    }
 }

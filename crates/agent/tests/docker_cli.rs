@@ -149,6 +149,9 @@ fn platform_config(img: &Value, arch: &str) -> String {
 
 #[test]
 fn tag_and_rmi_behave_like_docker() {
+    if harness::skip_unless_direct("reads the store's files on the host") {
+        return;
+    }
     let fx = fixtures();
     let d = Berthd::start(&[]);
     let open = &fx["BERTH_FIX_OPEN"];
@@ -276,6 +279,9 @@ fn store_entries(d: &Berthd) -> Vec<String> {
 
 #[test]
 fn a_lying_registry_gets_a_clear_error_and_leaves_the_store_as_it_was() {
+    if harness::skip_unless_direct("reads the store's files on the host") {
+        return;
+    }
     use harness::liar::{start, Lie};
     let _ = std::fs::remove_file("/tmp/berth-liar-escaped");
     let d = Berthd::start(&[]);
@@ -328,6 +334,9 @@ fn a_lying_registry_gets_a_clear_error_and_leaves_the_store_as_it_was() {
 
 #[test]
 fn killing_berthd_mid_pull_leaves_a_consistent_store() {
+    if harness::skip_unless_direct("reads the store's files on the host") {
+        return;
+    }
     use harness::liar::{start, Lie};
     let mut d = Berthd::start(&[]);
     let host = start(Lie::Slow);
@@ -401,6 +410,9 @@ fn socket_is_owner_only_and_version_negotiates() {
 /// replacement, links, modes, owners, FIFO, xattr, long and unicode names).
 #[test]
 fn the_layers_fixture_merges_to_the_expected_tree() {
+    if harness::skip_unless_direct("reads the snapshot's files on the host") {
+        return;
+    }
     use sha2::{Digest as _, Sha256};
     let fx = fixtures();
     let d = Berthd::start(&[]);
@@ -672,6 +684,44 @@ fn detached_container_runs_until_stopped() {
     d.docker_ok(&["rm", "-f", "keeper"]);
 }
 
+/// `docker logs -f` follows a running container: lines arrive while it runs (not only at its
+/// end), and the command ends when the container does.
+#[test]
+fn logs_follow_streams_until_the_container_exits() {
+    use std::io::{BufRead, BufReader};
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let image = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", "-q", &image]);
+    // It prints "first", then waits for a file that only the test creates.
+    let id = d.docker_ok(&[
+        "run",
+        "-d",
+        &image,
+        "sh",
+        "-c",
+        "echo first; while [ ! -e /go ]; do sleep 0.2; done; echo second",
+    ]);
+    let id = id.trim();
+    let mut follow = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["logs", "-f", id])
+        .env("DOCKER_CONFIG", d.dir.path().join("docker-config"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    // The container still runs: the follow is live, not a replay after the end.
+    let state = d.docker_ok(&["inspect", "--format", "{{.State.Status}}", id]);
+    assert_eq!(state.trim(), "running");
+    d.docker_ok(&["exec", id, "touch", "/go"]);
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(lines.next().is_none(), "the follow ends with the container");
+    assert!(follow.wait().unwrap().success());
+}
+
 // ---- the QEMU backend ---------------------------------------------------------------------
 
 /// The same Docker workflow through the VM: berthd boots the guest under QEMU (TCG here), pulls
@@ -706,8 +756,38 @@ fn through_the_qemu_backend_pull_run_and_restart() {
     assert_eq!(runtime.trim(), "crun", "pure cgroup v2 in the guest: crun");
     let info = d.docker_ok(&["info", "--format", "{{.DefaultRuntime}}"]);
     assert_eq!(info.trim(), "crun");
+    // Still running when berthd stops: it gets SIGTERM and its timeout before the guest goes.
+    let graceful = d.docker_ok(&[
+        "run",
+        "-d",
+        &busybox,
+        "sh",
+        "-c",
+        "trap 'echo stopped cleanly; exit 0' TERM; echo up; while :; do sleep 1; done",
+    ]);
+    let graceful = graceful.trim();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while d.docker_ok(&["logs", graceful]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trap is never set"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     d.restart();
+    let state = d.docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        graceful,
+    ]);
+    assert_eq!(
+        state.trim(),
+        "exited 0",
+        "stopped by its signal, not by the power-off"
+    );
+    assert_eq!(d.docker_ok(&["logs", graceful]), "up\nstopped cleanly\n");
     let images = d.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(
         images.contains(&busybox),

@@ -59,16 +59,7 @@ fn check(level: Level, name: &'static str, detail: impl Into<String>) -> Check {
     }
 }
 
-/// A program on PATH or in cargo's bin directory (where `cargo install` puts helpers).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
+pub use berth_vm::find_program;
 
 fn first_line_of(program: &Path, arg: &str) -> String {
     Command::new(program)

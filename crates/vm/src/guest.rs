@@ -71,6 +71,22 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The guest kernel's panic line (`Kernel panic - not syncing: …`) in the console log, if the
+/// kernel panicked: the stack trace after it pushes it out of any short tail.
+pub fn kernel_panic(console: &Path) -> Option<String> {
+    const WINDOW: u64 = 256 << 10;
+    let mut f = File::open(console).ok()?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    f.seek(SeekFrom::Start(len.saturating_sub(WINDOW))).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    let text = strip_control(&String::from_utf8_lossy(&bytes));
+    let line = text.lines().rev().find(|l| l.contains("Kernel panic - "))?;
+    // Without the `[   9.41]` timestamp.
+    let line = line.find("Kernel panic - ").map_or(line, |i| &line[i..]);
+    Some(line.trim().to_string())
+}
+
 fn strip_control(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -233,6 +249,25 @@ mod tests {
         std::fs::write(&disk, b"kept").unwrap();
         assert!(!ensure_sparse_disk(&disk, 1 << 30).unwrap());
         assert_eq!(std::fs::read(&disk).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn a_panic_is_found_behind_its_stack_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = String::from("berth-init [1.5] starting berth-core\n");
+        text.push_str("[    9.41] Kernel panic - not syncing: sysrq triggered crash\r\n");
+        for i in 0..40 {
+            text.push_str(&format!("[    9.41]  ? frame_{i}+0x93/0x140\n"));
+        }
+        std::fs::write(&log, &text).unwrap();
+        assert_eq!(
+            kernel_panic(&log).as_deref(),
+            Some("Kernel panic - not syncing: sysrq triggered crash")
+        );
+        std::fs::write(&log, "berth-init [1.5] berth-core exited with status 0\n").unwrap();
+        assert_eq!(kernel_panic(&log), None);
+        assert_eq!(kernel_panic(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -136,3 +136,16 @@ pub trait VmBackend: Send + Sync {
     /// Opens a new stream to `port` in the guest.
     fn dial(&self, port: u32) -> BoxFuture<'_, Result<BoxStream, VmError>>;
 }
+
+/// A program on `PATH` or in cargo's bin directory (`cargo install` puts `vhost-device-vsock`
+/// there, and root's PATH often lacks it): how berthd finds the VM's helper programs and
+/// `berth doctor` checks for them.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(std::path::PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}

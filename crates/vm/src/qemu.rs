@@ -487,8 +487,12 @@ impl VmBackend for QemuBackend {
             return state;
         }
         let failure = if let Some(status) = self.qemu_exit() {
+            // With `panic=-1` and `-no-reboot` a guest panic is QEMU exiting on its own.
+            let panicked = guest::kernel_panic(&self.paths.console_log)
+                .map(|line| format!("the guest kernel panicked ({line}); "))
+                .unwrap_or_default();
             Some(format!(
-                "QEMU exited ({status}); console:\n{}",
+                "{panicked}QEMU exited ({status}); console:\n{}",
                 self.console_tail(20)
             ))
         } else {

@@ -16,8 +16,13 @@ use tokio::sync::mpsc;
 use crate::daemon::Daemon;
 
 mod containers;
+mod exec;
 mod images;
+mod net;
+mod ops;
 mod system;
+
+pub use system::decode_registry_auth;
 
 /// The newest API version berthd speaks; the docker CLI negotiates down to it.
 pub const API_VERSION: &str = "1.45";
@@ -218,6 +223,15 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     if m == Method::GET && p == "/info" {
         return system::info(&daemon).await;
     }
+    if m == Method::GET && p == "/berth/v1/engine" {
+        return system::engine(&daemon).await;
+    }
+    if m == Method::POST && p == "/berth/v1/engine/restart-core" {
+        return system::restart_core(&daemon).await;
+    }
+    if crate::admin::handles(p) {
+        return crate::admin::route(daemon, req, p).await;
+    }
     if m == Method::POST && p == "/auth" {
         let body = read_body(req).await?;
         return system::auth(&daemon, &body).await;
@@ -275,7 +289,28 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             (Method::POST, "restart") => containers::restart(&daemon, id, &query).await,
             (Method::POST, "wait") => containers::wait(daemon.clone(), id, &query).await,
             (Method::POST, "attach") => containers::attach(daemon.clone(), id, &query, req).await,
+            (Method::POST, "exec") => {
+                let body = read_body(req).await?;
+                exec::create(&daemon, id, &body).await
+            }
+            (Method::POST, "resize") => exec::resize_container(&daemon, id, &query).await,
+            (Method::POST, "pause") => ops::pause(&daemon, id).await,
+            (Method::POST, "unpause") => ops::unpause(&daemon, id).await,
+            (Method::GET, "top") => ops::top(&daemon, id, &query).await,
+            (Method::GET, "stats") => ops::stats(daemon.clone(), id, &query).await,
+            (Method::POST, "rename") => ops::rename(&daemon, id, &query).await,
+            (Method::GET, "changes") => ops::changes(&daemon, id).await,
+            (Method::GET, "export") => ops::export(&daemon, id).await,
             (Method::DELETE, "") => containers::remove(&daemon, id, &query).await,
+            _ => Err(ApiError::not_found(format!("page not found: {m} {p}"))),
+        };
+    }
+    if let Some(rest) = p.strip_prefix("/exec/") {
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        return match (m.clone(), action) {
+            (Method::POST, "start") => exec::start(daemon.clone(), id, req).await,
+            (Method::POST, "resize") => exec::resize(&daemon, id, &query).await,
+            (Method::GET, "json") => exec::inspect(&daemon, id).await,
             _ => Err(ApiError::not_found(format!("page not found: {m} {p}"))),
         };
     }

@@ -116,7 +116,8 @@ pub async fn info(daemon: &Daemon) -> ApiResult {
             "SecurityOptions": [], "Warnings": [],
             "DefaultRuntime": runtime, "Runtimes": { runtime.clone(): { "path": runtime } },
             "Berth": { "Backend": backend.name(), "VmState": state.to_string(),
-                       "CoreSoftware": core.as_ref().map(|c| c.software.clone()) },
+                       "CoreSoftware": core.as_ref().map(|c| c.software.clone()),
+                       "Health": daemon.health.report() },
         }),
     ))
 }
@@ -174,10 +175,21 @@ pub async fn auth(daemon: &Daemon, body: &[u8]) -> ApiResult {
         password: a.password,
     };
     match daemon.registry().check_login(&host, &creds).await {
-        Ok(()) => Ok(json(
-            StatusCode::OK,
-            &json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
-        )),
+        // The password goes to the OS keyring; the CLI keeps an identity token instead of it.
+        // Without a usable keyring the CLI keeps the credentials itself, as with dockerd.
+        Ok(()) => match crate::credentials::store(&host, &creds).await {
+            Ok(token) => Ok(json(
+                StatusCode::OK,
+                &json!({ "Status": "Login Succeeded", "IdentityToken": token }),
+            )),
+            Err(e) => {
+                tracing::warn!("login to {host}: {e}; the docker CLI keeps the credentials");
+                Ok(json(
+                    StatusCode::OK,
+                    &json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
+                ))
+            }
+        },
         Err(e) if e.is_auth() => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("login attempt to {host} failed: {e}"),
@@ -187,6 +199,65 @@ pub async fn auth(daemon: &Daemon, body: &[u8]) -> ApiResult {
             format!("login to {host}: {e}"),
         )),
     }
+}
+
+/// `GET /berth/v1/engine`: the admin API's view of the engine: backend, state, failures and
+/// restarts (the supervisor's), and whether the core answers.
+pub async fn engine(daemon: &Daemon) -> ApiResult {
+    let backend = daemon.core.backend();
+    let core = match daemon.core.call(Request::Info).await {
+        Ok(Response::Info(i)) => {
+            serde_json::json!({ "Software": i.software, "Version": i.version })
+        }
+        Ok(_) => serde_json::Value::Null,
+        Err(e) => serde_json::json!({ "Error": e.message }),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "Backend": backend.name(),
+            "State": backend.state().to_string(),
+            "Health": daemon.health.report(),
+            "Core": core,
+        }),
+    ))
+}
+
+/// `POST /berth/v1/engine/restart-core`: a warm restart of the core (the machine and the
+/// containers' shims stay): asks the core to exit for a restart, waits until it is gone, then
+/// until a new one answers. Answers how long that took.
+pub async fn restart_core(daemon: &Daemon) -> ApiResult {
+    use std::time::{Duration, Instant};
+    let began = Instant::now();
+    daemon.core.call(Request::Restart).await?;
+    let deadline = began + Duration::from_secs(120);
+    // The old core answers pings on the old connection until it exits.
+    let mut gone = false;
+    loop {
+        let answered = matches!(daemon.core.call(Request::Ping).await, Ok(Response::Pong));
+        if !answered {
+            gone = true;
+        } else if gone {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the core did not come back within {:?} (state: {})",
+                    deadline - began,
+                    daemon.core.backend().state()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = began.elapsed();
+    tracing::info!("core restarted in {took:?}");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "TookMs": took.as_secs_f64() * 1000.0 }),
+    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod liar;
+pub mod mirrors;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,11 @@ impl Berthd {
         self.wait_ready();
     }
 
+    /// Stops berthd cleanly (SIGTERM) and waits for it, without starting it again.
+    pub fn shut_down(&mut self) {
+        stop(&mut self.child, Duration::from_secs(30));
+    }
+
     /// Kills berthd (SIGKILL: no clean-up) and starts it again on the same data root.
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
@@ -181,6 +187,45 @@ impl Berthd {
     }
 }
 
+/// The backend the docker suites run on: `direct`, or `qemu` when `BERTH_TEST_BACKEND=qemu`
+/// (scripts/test runs the container suites a second time that way). A test that names its own
+/// `--backend` keeps it.
+pub fn test_backend() -> &'static str {
+    match std::env::var("BERTH_TEST_BACKEND").as_deref() {
+        Ok("qemu") => "qemu",
+        Ok("direct") | Err(_) => "direct",
+        Ok(other) => panic!("BERTH_TEST_BACKEND={other}: use direct or qemu"),
+    }
+}
+
+/// For tests that look at the host side of things (the store's files under the data root,
+/// the host's mounts): on the qemu backend those live in the guest, so the test says why it
+/// does not apply and returns.
+pub fn skip_unless_direct(why: &str) -> bool {
+    let skip = test_backend() != "direct";
+    if skip {
+        eprintln!("not on the {} backend: {why}", test_backend());
+    }
+    skip
+}
+
+/// The flags that put berthd on [`test_backend`] (none for direct).
+fn backend_args(args: &[String]) -> Vec<String> {
+    if test_backend() == "direct" || args.iter().any(|a| a == "--backend") {
+        return Vec::new();
+    }
+    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let guest = GUEST.get_or_init(guest_image);
+    vec![
+        "--backend".into(),
+        "qemu".into(),
+        "--vm-image".into(),
+        guest.display().to_string(),
+        "--vm-memory".into(),
+        "1024".into(),
+    ]
+}
+
 fn spawn(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -194,8 +239,11 @@ fn spawn(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Child 
         .arg(data_root)
         .arg("--core-binary")
         .arg(bin_dir().join("berth-core"))
+        .args(backend_args(args))
         .args(args)
         .env("BERTH_LOG", "info,berth_agent=debug")
+        // Never the user's own settings file (a test's --settings still wins).
+        .env("BERTH_SETTINGS", dir.join("settings.json"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -210,6 +258,9 @@ impl Drop for Berthd {
 
 /// SIGTERM, then SIGKILL when the process has not exited within `grace`.
 fn stop(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     let _ = nix_kill_term(child.id());
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
@@ -326,4 +377,179 @@ impl Drop for Dockerd {
             }
         }
     }
+}
+
+impl Berthd {
+    /// Runs docker with `input` on its stdin (a pipe, closed after the input).
+    pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running docker (the CLI must be installed)");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// One Docker API call with curl over the socket: the status and the body as JSON (Null
+    /// when empty or not JSON).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "--unix-socket"])
+            .arg(&self.socket)
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("http://berth{path}"))
+            .output()
+            .expect("curl (scripts/test installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let code = code.trim().parse().unwrap_or(0);
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    /// Runs a shell command line under a pseudo-terminal (`script`), `docker` meaning this
+    /// daemon's CLI; `input` is written to the terminal after `delay`. Output and exit code.
+    pub fn in_pty(&self, cmdline: &str, input: &[u8], delay: Duration) -> (String, i32) {
+        use std::io::Write;
+        let docker = format!("docker -H unix://{}", self.socket.display());
+        let line = cmdline.replace("docker ", &format!("{docker} "));
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) must be installed");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = stdin.write_all(&input);
+            // Keep the terminal open a little so the input is read before the end of input.
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            out.status.code().unwrap_or(-1),
+        )
+    }
+}
+
+impl Berthd {
+    /// As [`Berthd::start`], with extra environment for this first start only (a restart
+    /// runs berthd without it).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Berthd {
+        let dir = tempfile::tempdir().unwrap();
+        let data_root = dir.path().join("data");
+        let socket = dir.path().join("berthd.sock");
+        std::fs::create_dir_all(dir.path().join("docker-config")).unwrap();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut cmd = spawn_command(&socket, &data_root, &args, dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning berthd");
+        let mut d = Berthd {
+            child,
+            dir,
+            socket,
+            data_root,
+            args,
+        };
+        d.wait_ready();
+        d
+    }
+
+    /// berthd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berthd.log")).unwrap_or_default()
+    }
+
+    /// One API call with curl over the socket, with request headers: the status, the
+    /// response headers (names lowercased) and the body as JSON (Null when empty or not JSON).
+    pub fn api_h(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, HashMap<String, String>, Value) {
+        let head_file = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "--unix-socket"])
+            .arg(&self.socket)
+            .arg("-D")
+            .arg(head_file.path())
+            .args(["-w", "\n%{http_code}"]);
+        for (k, v) in headers {
+            cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = cmd
+            .arg(format!("http://berth{path}"))
+            .output()
+            .expect("curl (scripts/test installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        let code = code.trim().parse().unwrap_or(0);
+        let heads = std::fs::read_to_string(head_file.path()).unwrap_or_default();
+        let headers = heads
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (
+            code,
+            headers,
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// The command [`Berthd`] runs, not yet spawned.
+fn spawn_command(socket: &Path, data_root: &Path, args: &[String], dir: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("berthd.log"))
+        .unwrap();
+    let mut cmd = Command::new(bin_dir().join("berthd"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--data-root")
+        .arg(data_root)
+        .arg("--core-binary")
+        .arg(bin_dir().join("berth-core"))
+        .args(backend_args(args))
+        .args(args)
+        .env("BERTH_LOG", "info,berth_agent=debug")
+        .env("BERTH_SETTINGS", dir.join("settings.json"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    cmd
 }
