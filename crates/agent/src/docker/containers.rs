@@ -12,26 +12,9 @@ use bytes::Bytes;
 use hyper::{header, Request as HttpRequest, StatusCode};
 use serde_json::{json, Value};
 
-use super::{empty, json, ApiError, ApiResult, Query};
+use super::{empty, json, strings, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::names::{familiar, selector};
-
-pub(super) fn unexpected(r: Response) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected answer from the core: {r:?}"),
-    )
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Docker's Cmd/Entrypoint may be a list or (from old clients) a string.
 fn command(v: &Value) -> Option<Vec<String>> {

@@ -9,25 +9,8 @@ use hyper::{header, Request as HttpRequest, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{empty, json, ApiError, ApiResult, Query};
+use super::{empty, json, strings, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
-
-fn unexpected(r: Response) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected answer from the core: {r:?}"),
-    )
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn no_such_container(e: berth_proto::Error, id: &str) -> ApiError {
     if e.code == berth_proto::ErrorCode::NotFound {

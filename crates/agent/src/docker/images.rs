@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::{json, json_stream, ApiError, ApiResult, Query};
+use super::{json, json_stream, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::names::{familiar, selector};
 use crate::pull::{self, Progress, PullError};
@@ -177,13 +177,6 @@ async fn list_infos(daemon: &Daemon) -> Result<Vec<ImageInfo>, ApiError> {
         Response::Images { images } => Ok(images),
         other => Err(unexpected(other)),
     }
-}
-
-fn unexpected(r: Response) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("unexpected answer from the core: {r:?}"),
-    )
 }
 
 fn config_of(info: &ImageInfo) -> Value {

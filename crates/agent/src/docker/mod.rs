@@ -72,6 +72,25 @@ impl From<berth_proto::Error> for ApiError {
 
 pub type ApiResult = Result<Resp, ApiError>;
 
+/// A core answer of the wrong kind for the request (a bug on one side or the other).
+pub fn unexpected(r: berth_proto::Response) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("unexpected answer from the core: {r:?}"),
+    )
+}
+
+/// The strings of a JSON array (Cmd, Env, …); anything else is empty.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
     let body = serde_json::to_vec(value).expect("API values always serialise");
     Response::builder()

@@ -11,7 +11,8 @@ use futures_util::StreamExt;
 use hyper::{header, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::containers::{inspect_info, not_found_or, simple, unexpected};
+use super::containers::{inspect_info, not_found_or, simple};
+use super::unexpected;
 use super::{json, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 
