@@ -151,7 +151,7 @@ impl Runtime {
             Err(RuntimeError::Failed {
                 runtime: self.name.clone(),
                 op,
-                message: last_error_line(&message).unwrap_or(message),
+                message: as_docker_says(&last_error_line(&message).unwrap_or(message)),
             })
         }
     }
@@ -205,7 +205,26 @@ pub fn last_logged_error(log: &Path) -> Option<String> {
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["level"] == "error")
-        .and_then(|v| v["msg"].as_str().map(str::to_string))
+        .and_then(|v| v["msg"].as_str().map(as_docker_says))
+}
+
+/// crun words a missing executable as "executable file `x` not found in $PATH: No such file or
+/// directory"; Docker users (and their scripts) know runc's `exec: "x": executable file not
+/// found in $PATH`, so that is what Berth says whichever runtime ran.
+fn as_docker_says(message: &str) -> String {
+    const START: &str = "executable file `";
+    const END: &str = "` not found in $PATH";
+    if let Some(i) = message.find(START) {
+        let rest = &message[i + START.len()..];
+        if let Some(j) = rest.find(END) {
+            let name = &rest[..j];
+            return format!(
+                "{}exec: \"{name}\": executable file not found in $PATH",
+                &message[..i]
+            );
+        }
+    }
+    message.to_string()
 }
 
 /// runc prints JSON log lines on stderr when it has no log file; take the message of the last.
@@ -281,6 +300,14 @@ mod tests {
             127
         );
         assert_eq!(start_failure_code("exec: \"/x\": permission denied"), 126);
+        assert_eq!(
+            as_docker_says("executable file `nope` not found in $PATH: No such file or directory"),
+            "exec: \"nope\": executable file not found in $PATH"
+        );
+        assert_eq!(
+            as_docker_says("exec: \"x\": executable file not found in $PATH"),
+            "exec: \"x\": executable file not found in $PATH"
+        );
         assert_eq!(
             start_failure_code(
                 "OCI runtime exec failed: executable file `nope` not found in $PATH: No such file or directory"
