@@ -48,11 +48,71 @@ const IFF_UP: u32 = 1;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 
+/// Netlink attributes (type-length-value, 4-byte aligned, nestable), written the same way by
+/// rtnetlink requests here and by nftables batches (`super::nft`).
+pub(super) trait Attrs: Sized {
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// Offsets of the nested attributes still open.
+    fn nests(&mut self) -> &mut Vec<usize>;
+
+    fn pad(&mut self) {
+        let buf = self.buf();
+        while buf.len() & 3 != 0 {
+            buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Self {
+        self.pad();
+        let buf = self.buf();
+        buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
+        buf.extend_from_slice(data);
+        self.pad();
+        self
+    }
+
+    /// A NUL-terminated string.
+    fn attr_str(&mut self, kind: u16, s: &str) -> &mut Self {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.attr(kind, &b)
+    }
+
+    /// Opens a nested attribute; [`Attrs::end`] closes it and sets its length.
+    fn nest(&mut self, kind: u16) -> &mut Self {
+        self.pad();
+        let start = self.buf().len();
+        self.nests().push(start);
+        let buf = self.buf();
+        buf.extend_from_slice(&0u16.to_ne_bytes());
+        buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    fn end(&mut self) -> &mut Self {
+        let start = self.nests().pop().expect("an open nest");
+        let buf = self.buf();
+        let len = (buf.len() - start) as u16;
+        buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+}
+
 /// A netlink request under construction: header, fixed part, attributes.
 struct Msg {
     buf: Vec<u8>,
     /// Offsets of open nested attributes.
     nests: Vec<usize>,
+}
+
+impl Attrs for Msg {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+    fn nests(&mut self) -> &mut Vec<usize> {
+        &mut self.nests
+    }
 }
 
 impl Msg {
@@ -69,12 +129,6 @@ impl Msg {
         }
     }
 
-    fn pad(&mut self) {
-        while self.buf.len() & 3 != 0 {
-            self.buf.push(0);
-        }
-    }
-
     /// `struct ifinfomsg`.
     fn ifinfo(&mut self, index: u32, flags: u32, change: u32) -> &mut Msg {
         self.buf.push(AF_UNSPEC);
@@ -86,40 +140,8 @@ impl Msg {
         self
     }
 
-    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Msg {
-        self.pad();
-        self.buf
-            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-        self
-    }
-
-    fn attr_str(&mut self, kind: u16, s: &str) -> &mut Msg {
-        let mut b = s.as_bytes().to_vec();
-        b.push(0);
-        self.attr(kind, &b)
-    }
-
     fn attr_u32(&mut self, kind: u16, v: u32) -> &mut Msg {
         self.attr(kind, &v.to_ne_bytes())
-    }
-
-    fn nest(&mut self, kind: u16) -> &mut Msg {
-        self.pad();
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-
-    fn end(&mut self) -> &mut Msg {
-        let start = self.nests.pop().expect("an open nest");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self
     }
 
     fn finish(&mut self, seq: u32) -> &[u8] {

@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::netlink::Attrs;
 use super::Subnet;
 
 const NETLINK_NETFILTER: i32 = 12;
@@ -22,7 +23,6 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
-const NLA_F_NESTED: u16 = 1 << 15;
 
 const NFPROTO_IPV4: u8 = 2;
 const AF_UNSPEC: u8 = 0;
@@ -80,13 +80,16 @@ struct Batch {
     acked: u32,
 }
 
-impl Batch {
-    fn pad(&mut self) {
-        while self.buf.len() & 3 != 0 {
-            self.buf.push(0);
-        }
+impl Attrs for Batch {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
     }
+    fn nests(&mut self) -> &mut Vec<usize> {
+        &mut self.nests
+    }
+}
 
+impl Batch {
     fn begin(&mut self, kind: u16, flags: u16, family: u8, res_id: u16) -> &mut Batch {
         self.pad();
         self.msg = self.buf.len();
@@ -124,40 +127,8 @@ impl Batch {
         self
     }
 
-    fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Batch {
-        self.pad();
-        self.buf
-            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-        self
-    }
-
-    fn str(&mut self, kind: u16, s: &str) -> &mut Batch {
-        let mut b = s.as_bytes().to_vec();
-        b.push(0);
-        self.attr(kind, &b)
-    }
-
     fn be32(&mut self, kind: u16, v: u32) -> &mut Batch {
         self.attr(kind, &v.to_be_bytes())
-    }
-
-    fn nest(&mut self, kind: u16) -> &mut Batch {
-        self.pad();
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-
-    fn end(&mut self) -> &mut Batch {
-        let start = self.nests.pop().expect("an open nest");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self
     }
 
     fn data(&mut self, kind: u16, value: &[u8]) -> &mut Batch {
@@ -166,7 +137,7 @@ impl Batch {
 
     /// One expression of a rule: `name` with its attributes written by `f`.
     fn expr(&mut self, name: &str, f: impl FnOnce(&mut Batch)) -> &mut Batch {
-        self.nest(NFTA_LIST_ELEM).str(NFTA_EXPR_NAME, name);
+        self.nest(NFTA_LIST_ELEM).attr_str(NFTA_EXPR_NAME, name);
         self.nest(NFTA_EXPR_DATA);
         f(self);
         self.end().end()
@@ -183,24 +154,24 @@ fn ruleset(subnet: Subnet, bridge: &str) -> Batch {
     let mut b = Batch::default();
     b.batch_edge(NFNL_MSG_BATCH_BEGIN);
     b.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE)
-        .str(NFTA_TABLE_NAME, TABLE)
+        .attr_str(NFTA_TABLE_NAME, TABLE)
         .end_msg();
     b.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE)
-        .str(NFTA_CHAIN_TABLE, TABLE)
-        .str(NFTA_CHAIN_NAME, CHAIN)
+        .attr_str(NFTA_CHAIN_TABLE, TABLE)
+        .attr_str(NFTA_CHAIN_NAME, CHAIN)
         .nest(NFTA_CHAIN_HOOK)
         .be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING)
         .be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC as u32)
         .end()
         .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-        .str(NFTA_CHAIN_TYPE, "nat")
+        .attr_str(NFTA_CHAIN_TYPE, "nat")
         .end_msg();
     let mask = (u32::MAX << (32 - subnet.prefix)).to_be_bytes();
     let mut ifname = [0u8; 16];
     ifname[..bridge.len()].copy_from_slice(bridge.as_bytes());
     b.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
-        .str(NFTA_RULE_TABLE, TABLE)
-        .str(NFTA_RULE_CHAIN, CHAIN)
+        .attr_str(NFTA_RULE_TABLE, TABLE)
+        .attr_str(NFTA_RULE_CHAIN, CHAIN)
         .nest(NFTA_RULE_EXPRESSIONS)
         // ip saddr & mask == subnet
         .expr("payload", |b| {
@@ -243,7 +214,7 @@ fn delete_table() -> Batch {
     let mut b = Batch::default();
     b.batch_edge(NFNL_MSG_BATCH_BEGIN);
     b.nft(NFT_MSG_DELTABLE, 0)
-        .str(NFTA_TABLE_NAME, TABLE)
+        .attr_str(NFTA_TABLE_NAME, TABLE)
         .end_msg();
     b.batch_edge(NFNL_MSG_BATCH_END);
     b
