@@ -703,11 +703,8 @@ fn logs_follow_streams_until_the_container_exits() {
         "echo first; while [ ! -e /go ]; do sleep 0.2; done; echo second",
     ]);
     let id = id.trim();
-    let mut follow = std::process::Command::new("docker")
-        .arg("-H")
-        .arg(format!("unix://{}", d.socket.display()))
-        .args(["logs", "-f", id])
-        .env("DOCKER_CONFIG", d.dir.path().join("docker-config"))
+    let mut follow = d
+        .docker_cmd(&["logs", "-f", id])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

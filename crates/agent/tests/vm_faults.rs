@@ -29,18 +29,9 @@ fn vm_berthd(extra: &[&str]) -> Berthd {
 
 /// `GET /berth/v1/engine` over berthd's socket.
 fn engine(d: &Berthd) -> Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--unix-socket"])
-        .arg(&d.socket)
-        .arg("http://berth/berth/v1/engine")
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "engine answer {e}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let (code, v) = d.api("GET", "/berth/v1/engine", None);
+    assert_eq!(code, 200, "{v}");
+    v
 }
 
 /// Waits until the engine has been restarted `restarts` times and its core answers again.
@@ -168,13 +159,7 @@ fn qemu_killed_is_restarted_and_keeps_the_data() {
     assert!(why.contains("QEMU exited"), "{why}");
     assert!(why.contains("signal: 9"), "{why}");
     // /info carries it too (the docker CLI drops fields it does not know: ask directly).
-    let info = std::process::Command::new("curl")
-        .args(["-sS", "--unix-socket"])
-        .arg(&d.socket)
-        .arg("http://berth/info")
-        .output()
-        .unwrap();
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let (_, info) = d.api("GET", "/info", None);
     assert_eq!(info["Berth"]["Health"]["Restarts"], 1, "{info:#}");
     check_committed_data(&d, &busybox, &id);
     check_no_orphans(&mut d);

@@ -149,14 +149,20 @@ impl Berthd {
         self.wait_ready();
     }
 
-    pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .arg("-H")
+    /// The docker CLI pointed at this berthd, with its own config dir (nothing of the user's).
+    pub fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker");
+        c.arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)
             .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_CONTEXT");
+        c
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd(args)
             .stdin(Stdio::null())
             .output()
             .expect("running docker (the CLI must be installed)")
@@ -383,13 +389,8 @@ impl Berthd {
     /// Runs docker with `input` on its stdin (a pipe, closed after the input).
     pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
+        let mut child = self
+            .docker_cmd(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
