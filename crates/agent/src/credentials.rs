@@ -9,23 +9,18 @@
 //!
 //! Keyring calls block (D-Bus round trips on Linux), so they run on tokio's blocking pool.
 
+use berth_host::credentials::{self as keyring_store, Stored};
 use berth_registry::Credentials;
-use serde::{Deserialize, Serialize};
 
-/// The keyring service Berth's registry credentials are stored under.
-pub const SERVICE: &str = "berth-registry";
+pub use keyring_store::SERVICE;
 
-/// What one keyring entry holds (its secret, as JSON).
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    username: String,
-    password: String,
-    /// The identity token handed to the docker CLI at login.
-    token: String,
-}
-
-fn entry(host: &str) -> Result<keyring::Entry, String> {
-    keyring::Entry::new(SERVICE, host).map_err(|e| format!("the OS keyring: {e}"))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, keyring_store::Error> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("keyring task: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Stores credentials for a registry host; returns the identity token for the docker CLI.
@@ -34,37 +29,20 @@ pub async fn store(host: &str, creds: &Credentials) -> Result<String, String> {
     let stored = Stored {
         username: creds.username.clone(),
         password: creds.password.clone(),
-        token: format!("berth-{:032x}", rand::random::<u128>()),
+        token: keyring_store::new_token(),
     };
-    tokio::task::spawn_blocking(move || {
-        let secret = serde_json::to_string(&stored).expect("serialises");
-        entry(&host)?
-            .set_password(&secret)
-            .map_err(|e| format!("storing the credentials for {host} in the OS keyring: {e}"))?;
-        Ok(stored.token)
-    })
-    .await
-    .map_err(|e| format!("keyring task: {e}"))?
+    blocking(move || keyring_store::store(&host, &stored).map(|()| stored.token)).await
 }
 
-/// The stored credentials for a registry host, if any.
+/// The stored credentials for a registry host, if any (an entry holding only an identity
+/// token, no password, counts as none).
 pub async fn get(host: &str) -> Result<Option<Credentials>, String> {
     let host = host.to_string();
-    tokio::task::spawn_blocking(move || match entry(&host)?.get_password() {
-        Ok(secret) => {
-            let s: Stored = serde_json::from_str(&secret).map_err(|e| {
-                format!("the keyring entry for {host} is not Berth's (service {SERVICE}): {e}")
-            })?;
-            Ok(Some(Credentials {
-                username: s.username,
-                password: s.password,
-            }))
-        }
-        Err(keyring::Error::NoEntry) => Ok(None),
-        Err(e) => Err(format!("reading the OS keyring for {host}: {e}")),
-    })
-    .await
-    .map_err(|e| format!("keyring task: {e}"))?
+    let found = blocking(move || keyring_store::get(&host)).await?;
+    Ok(found.filter(Stored::has_password).map(|s| Credentials {
+        username: s.username,
+        password: s.password,
+    }))
 }
 
 /// The credentials of one pull: those the CLI sent when they carry a password, else the

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub health: Arc<crate::supervisor::Health>,
     /// Published ports served on the host (`ports`).
     pub ports: Arc<crate::ports::Ports>,
+    /// The events `GET /events` serves, followed from the core (`events`).
+    pub events: Arc<crate::events::EventHub>,
     /// The platform images are pulled for: the VM's (the host's on the direct backend).
     pub platform: Platform,
     registry: RwLock<(RegistryConfig, Client)>,
@@ -64,6 +66,7 @@ impl Daemon {
             core: Arc::new(CoreClient::new(backend)),
             health: Arc::default(),
             ports: Arc::default(),
+            events: Arc::default(),
             platform: Platform::host_linux(),
             registry: RwLock::new((registry_config.clone(), client)),
             settings: None,
@@ -188,21 +191,9 @@ pub async fn serve(
 
 /// Where berthd keeps things when not told otherwise.
 pub fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("berth/berthd.sock"),
-        None => home().join(".berth/run/berthd.sock"),
-    }
+    berth_host::paths::socket()
 }
 
 pub fn default_data_root() -> PathBuf {
-    match std::env::var_os("XDG_DATA_HOME") {
-        Some(d) => PathBuf::from(d).join("berth"),
-        None => home().join(".local/share/berth"),
-    }
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"))
+    berth_host::paths::data_root()
 }

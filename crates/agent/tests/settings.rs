@@ -183,6 +183,34 @@ fn an_admin_api_edit_applies_to_the_next_pull_without_a_restart() {
     assert_eq!(body["appliedToRegistries"], true);
     assert_eq!(body["restartRequired"], json!([]));
     assert_ne!(headers["etag"], e0);
+
+    // The change is on the event stream: Docker's `daemon reload`, with what changed.
+    // (`--until` as a duration is whole seconds: a moment just ahead takes in this one.)
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let events = d.docker_ok(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=daemon",
+        "--format",
+        "{{json .}}",
+    ]);
+    let last = events.lines().last();
+    let last = last.unwrap_or_else(|| panic!("no daemon event\n{}", d.log()));
+    let reload: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {events}"));
+    assert_eq!(reload["Action"], "reload", "{reload}");
+    assert_eq!(
+        reload["Actor"]["Attributes"]["berth.settings.changed"],
+        "registries"
+    );
+    assert_eq!(reload["Actor"]["Attributes"]["berth.restart-required"], "");
     assert_eq!(body["etag"].as_str().unwrap(), headers["etag"]);
     let on_disk: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(on_disk, doc, "written to the file");
@@ -787,4 +815,188 @@ fn docker_login_stores_the_password_in_the_keyring_and_pulls_use_it() {
             assert!(found.is_empty(), "{reg}: the password is in {found:?}");
         }
     }
+}
+
+/// `docker-credential-berth` (from the build, on the docker CLI's PATH) as the CLI's
+/// `credsStore`: a `docker login` leaves no secret in config.json, the password is in Berth's
+/// keyring entry, pulls work, `docker logout` erases the entry; the helper's own protocol
+/// (store/get/list/erase, a malformed request) against the same real Secret Service.
+#[test]
+fn the_credential_helper_keeps_docker_logins_in_the_keyring() {
+    let fx = fixtures();
+    let ss = SecretService::start();
+    let env = ss.env();
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Berthd::start_with_env(&[], &env_ref);
+    let config_dir = d.dir.path().join("docker-config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::write(config_dir.join("config.json"), r#"{"credsStore": "berth"}"#).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let docker = |args: &[&str]| {
+        d.docker_cmd(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PATH", &path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let helper = |action: &str, input: &str| {
+        use std::io::Write;
+        let mut c = ss
+            .command(bin_dir().join("docker-credential-berth").to_str().unwrap())
+            .arg(action)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let lookup = |host: &str| {
+        let out = ss
+            .command("secret-tool")
+            .args(["lookup", "service", "berth-registry", "username", host])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+
+    let basic = &fx["BERTH_FIX_BASIC"];
+    let (user, password) = (&fx["BERTH_FIX_BASIC_USER"], &fx["BERTH_FIX_BASIC_PASS"]);
+    let out = docker(&["login", "-u", user, "-p", password, basic]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let config = std::fs::read_to_string(config_dir.join("config.json")).unwrap();
+    let v: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(v["credsStore"], "berth", "{config}");
+    assert!(
+        !config.contains("\"auth\"") && !config.contains("identitytoken"),
+        "the CLI kept a secret in config.json: {config}"
+    );
+    assert_eq!(lookup(basic).unwrap()["password"], password.as_str());
+
+    // The helper answers with the stored credentials; list names the registry.
+    let (code, out) = helper("get", basic);
+    assert_eq!(code, Some(0), "{out}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (got["Username"].as_str(), got["Secret"].as_str()),
+        (Some(user.as_str()), Some(password.as_str()))
+    );
+    let (code, out) = helper("list", "");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[basic],
+        user.as_str()
+    );
+
+    let image = format!("{basic}/berth/hello:latest");
+    let out = docker(&["pull", &image]);
+    assert!(out.status.success(), "pull after login: {out:?}");
+
+    // docker logout erases the keyring entry: the next pull has no credentials.
+    let out = docker(&["logout", basic]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lookup(basic).is_none(), "the entry survived docker logout");
+    let (code, out) = helper("get", basic);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(1), "credentials not found in native keychain")
+    );
+    let out = docker(&["pull", &format!("{basic}/berth/busybox:latest")]);
+    assert!(
+        !out.status.success(),
+        "a pull without credentials succeeded"
+    );
+
+    // Stored through the helper alone (as another docker front end would), berthd's pulls
+    // find them too.
+    let token = &fx["BERTH_FIX_TOKEN"];
+    let request = json!({
+        "ServerURL": token,
+        "Username": fx["BERTH_FIX_TOKEN_USER"],
+        "Secret": fx["BERTH_FIX_TOKEN_PASS"],
+    });
+    assert_eq!(helper("store", &request.to_string()).0, Some(0));
+    let (code, body) = d.api(
+        "POST",
+        &format!("/images/create?fromImage={token}/berth/busybox&tag=latest"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.to_string().contains("errorDetail"), "{body}");
+
+    // A malformed request is refused and changes nothing; erase twice says "not found".
+    let (code, out) = helper("store", "{\"ServerURL\": 1}");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("store: expected"), "{out}");
+    assert!(lookup(token).is_some());
+    assert_eq!(helper("erase", token).0, Some(0));
+    assert_eq!(helper("erase", token).0, Some(1));
+    let (_, out) = helper("list", "");
+    assert_eq!(out.trim(), "{}");
+}
+
+/// `berth login` goes through berthd (the registry checks the password) into the keyring;
+/// a wrong password stores nothing; `berth logout` erases the entry.
+#[test]
+fn berth_login_and_logout() {
+    let fx = fixtures();
+    let ss = SecretService::start();
+    let env = ss.env();
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Berthd::start_with_env(&[], &env_ref);
+    let berth = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut c = ss
+            .command(bin_dir().join("berth").to_str().unwrap())
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let host = &fx["BERTH_FIX_TOKEN"];
+    let user = &fx["BERTH_FIX_TOKEN_USER"];
+    let out = berth(&["login", "-u", user, "--password-stdin", host], "wrong\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("login attempt to"), "{err}");
+    let lookup = || {
+        ss.command("secret-tool")
+            .args(["lookup", "service", "berth-registry", "username", host])
+            .output()
+            .unwrap()
+    };
+    assert!(!lookup().status.success(), "a refused login was stored");
+
+    let password = format!("{}\n", fx["BERTH_FIX_TOKEN_PASS"]);
+    let out = berth(&["login", "-u", user, "--password-stdin", host], &password);
+    assert!(out.status.success(), "{out:?}");
+    let stored: Value = serde_json::from_slice(&lookup().stdout).unwrap();
+    assert_eq!(stored["password"], password.trim());
+    // The docker CLI, with no credentials of its own, pulls with them.
+    d.docker_ok(&["pull", &format!("{host}/berth/hello:latest")]);
+
+    let out = berth(&["logout", host], "");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Removing login credentials"));
+    assert!(
+        !lookup().status.success(),
+        "the entry survived berth logout"
+    );
 }

@@ -49,6 +49,8 @@ pub struct Context {
     pub backend: String,
     pub vm_image: PathBuf,
     pub data_root: PathBuf,
+    /// berthd's settings file.
+    pub settings: PathBuf,
 }
 
 fn check(level: Level, name: &'static str, detail: impl Into<String>) -> Check {
@@ -125,6 +127,7 @@ pub fn run(ctx: &Context) -> Vec<Check> {
     }
 
     out.push(data_root(&ctx.data_root));
+    out.push(settings(ctx));
     // The direct backend runs containers on this host; with a VM the guest has its own.
     out.push(runtime(if vm { Level::Info } else { Level::Fail }));
     out
@@ -246,6 +249,68 @@ fn data_root(dir: &Path) -> Check {
             )
         }
         Err(e) => check(Level::Warn, "data root", format!("{}: {e}", dir.display())),
+    }
+}
+
+/// The settings file: where it is, and whether berthd would start with it (a file that does
+/// not validate stops berthd). Checked by the running engine's validator when one answers.
+fn settings(ctx: &Context) -> Check {
+    let path = ctx.settings.display();
+    let text = match std::fs::read_to_string(&ctx.settings) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check(
+                Level::Info,
+                "settings",
+                format!("{path}: not there yet (defaults; made on the first edit)"),
+            )
+        }
+        Err(e) => return check(Level::Fail, "settings", format!("{path}: {e}")),
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+        return check(
+            Level::Fail,
+            "settings",
+            format!("{path} is not JSON ({e}): berthd will not start with it; fix or move it"),
+        );
+    }
+    match crate::engine::request_with_body(
+        &ctx.socket,
+        "POST",
+        "/berth/v1/settings/validate",
+        Some(&text),
+    ) {
+        Ok((200, body)) => {
+            let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let errors = report["errors"].as_array().cloned().unwrap_or_default();
+            if report["valid"] == true {
+                check(Level::Ok, "settings", format!("{path} (valid)"))
+            } else {
+                let first = errors
+                    .first()
+                    .map(|e| {
+                        format!(
+                            "{}: {}",
+                            e["path"].as_str().unwrap_or("?"),
+                            e["message"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .unwrap_or_default();
+                check(
+                    Level::Fail,
+                    "settings",
+                    format!(
+                        "{path}: {} error(s), first {first}; berthd will not start with it",
+                        errors.len()
+                    ),
+                )
+            }
+        }
+        _ => check(
+            Level::Ok,
+            "settings",
+            format!("{path} (JSON; berthd validates the rest when it starts)"),
+        ),
     }
 }
 

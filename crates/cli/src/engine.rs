@@ -13,6 +13,16 @@ use nix::unistd::Pid;
 
 /// One request over the socket; HTTP/1.0 so the body ends with the connection.
 pub fn request(socket: &Path, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request_with_body(socket, method, path, None)
+}
+
+/// As [`request`], with a JSON body.
+pub fn request_with_body(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let mut s = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach berthd at {} (is it running? `berth start` starts it)",
@@ -20,7 +30,14 @@ pub fn request(socket: &Path, method: &str, path: &str) -> anyhow::Result<(u16, 
         )
     })?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: berthd\r\n\r\n")?;
+    match body {
+        None => write!(s, "{method} {path} HTTP/1.0\r\nHost: berthd\r\n\r\n")?,
+        Some(b) => write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: berthd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )?,
+    }
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
     let resp = String::from_utf8_lossy(&resp);

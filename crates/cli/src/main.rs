@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod context;
 mod doctor;
 mod engine;
+mod login;
 
 #[derive(Parser)]
 #[command(
@@ -65,30 +67,45 @@ enum Command {
         /// berthd's data root (default as berthd's).
         #[arg(long, env = "BERTH_DATA_ROOT")]
         data_root: Option<PathBuf>,
+        /// berthd's settings file (default as berthd's).
+        #[arg(long, env = "BERTH_SETTINGS")]
+        settings: Option<PathBuf>,
+    },
+    /// Log in to a registry through berthd: it checks the credentials with the registry and
+    /// keeps them in the OS keyring (no file gets the password). Pulls by berthd and by the
+    /// docker CLI use them.
+    Login {
+        /// The registry (host[:port]); Docker Hub when left out.
+        server: Option<String>,
+        #[arg(short, long)]
+        username: String,
+        /// Read the password from standard input (else it is asked for on the terminal).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget a registry's credentials (the OS keyring entry berthd and
+    /// docker-credential-berth use).
+    Logout {
+        /// The registry (host[:port]); Docker Hub when left out.
+        server: Option<String>,
+    },
+    /// The docker CLI context `berth` (`docker context use berth`), pointing at berthd's
+    /// socket. `berth start` installs it.
+    Context {
+        #[command(subcommand)]
+        action: ContextAction,
     },
 }
 
-/// As berthd's own default (crates/agent daemon::default_socket).
-fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("berth/berthd.sock"),
-        None => home().join(".berth/run/berthd.sock"),
-    }
+#[derive(Subcommand)]
+enum ContextAction {
+    /// Create the context, or point it at the socket again.
+    Install,
+    /// Remove the context (as an uninstall does).
+    Remove,
 }
 
-/// As berthd's own default (crates/agent daemon::default_data_root).
-fn default_data_root() -> PathBuf {
-    match std::env::var_os("XDG_DATA_HOME") {
-        Some(d) => PathBuf::from(d).join("berth"),
-        None => home().join(".local/share/berth"),
-    }
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"))
-}
+use berth_host::paths::{self, home};
 
 fn default_vm_image() -> PathBuf {
     let arch = berth_vm::qemu::GuestArch::host()
@@ -107,7 +124,7 @@ fn find_berthd() -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let socket = args.socket.unwrap_or_else(default_socket);
+    let socket = args.socket.unwrap_or_else(paths::socket);
     match args.command {
         Command::Start {
             backend,
@@ -139,6 +156,12 @@ fn main() -> anyhow::Result<()> {
                     took.as_secs_f64(),
                     socket.display()
                 ),
+            }
+            match context::install(&socket) {
+                Ok(_) => {
+                    println!("the docker context `berth` points at it: docker context use berth")
+                }
+                Err(e) => eprintln!("no docker context `berth`: {e:#}"),
             }
         }
         Command::Stop { timeout } => match engine::stop(&socket, Duration::from_secs(timeout))? {
@@ -186,12 +209,14 @@ fn main() -> anyhow::Result<()> {
             backend,
             vm_image,
             data_root,
+            settings,
         } => {
             let ctx = doctor::Context {
                 socket,
                 backend,
                 vm_image: vm_image.unwrap_or_else(default_vm_image),
-                data_root: data_root.unwrap_or_else(default_data_root),
+                data_root: data_root.unwrap_or_else(paths::data_root),
+                settings: settings.unwrap_or_else(paths::settings),
             };
             let checks = doctor::run(&ctx);
             for c in &checks {
@@ -201,6 +226,33 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Login {
+            server,
+            username,
+            password_stdin,
+        } => {
+            let server = server.unwrap_or_else(|| "https://index.docker.io/v1/".into());
+            let password = login::read_password(password_stdin)?;
+            login::login(&socket, &server, &username, &password)?;
+            println!("Login Succeeded (the password is in the OS keyring)");
+        }
+        Command::Logout { server } => {
+            let host = berth_host::credentials::registry_host(server.as_deref().unwrap_or(""));
+            match berth_host::credentials::erase(&host)? {
+                true => println!("Removing login credentials for {host}"),
+                false => println!("Not logged in to {host}"),
+            }
+        }
+        Command::Context { action } => match action {
+            ContextAction::Install => {
+                let verb = context::install(&socket)?;
+                println!("docker context `berth` {verb}: unix://{}", socket.display());
+            }
+            ContextAction::Remove => match context::remove()? {
+                true => println!("docker context `berth` removed"),
+                false => println!("there is no docker context `berth`"),
+            },
+        },
     }
     Ok(())
 }

@@ -57,6 +57,8 @@ impl Engine {
             .arg(self.socket())
             .args(args)
             .env_remove("BERTH_BACKEND")
+            // `berth start` installs a docker context: in this engine's docker config only.
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .output()
             .expect("running berth")
     }
@@ -226,6 +228,124 @@ fn doctor_names_the_accelerator_and_the_guest_image() {
             .any(|l| l.starts_with("info") && l.contains("guest image")),
         "{text}"
     );
+}
+
+/// Issue 5: `berth start` makes the docker context `berth`; `docker context use berth` then
+/// reaches berthd with no `-H`; `berth context remove` takes it away (as an uninstall does).
+#[test]
+fn the_docker_context_berth_reaches_the_engine() {
+    let e = Engine::new();
+    let out = e.start("direct", &[]);
+    assert!(out.contains("docker context `berth`"), "{out}");
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .env("DOCKER_CONFIG", e.dir.path().join("docker-config"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .output()
+            .expect("running docker")
+    };
+    let out = docker(&[
+        "context",
+        "inspect",
+        "berth",
+        "--format",
+        "{{.Endpoints.docker.Host}}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("unix://{}", e.socket().display()),
+        "{out:?}"
+    );
+    assert!(docker(&["context", "use", "berth"]).status.success());
+    let out = docker(&["info", "--format", "{{.Name}} {{.OperatingSystem}}"]);
+    let info = e.docker_ok(&["info", "--format", "{{.Name}} {{.OperatingSystem}}"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        info,
+        "the context reaches berthd"
+    );
+
+    // Installing again points it at the socket again.
+    let out = e.berth_ok(&["context", "install"]);
+    assert!(out.contains("updated"), "{out}");
+    let out = e.berth_ok(&["context", "remove"]);
+    assert!(out.contains("removed"), "{out}");
+    let out = docker(&["context", "ls", "--format", "{{.Name}}"]);
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(!names.lines().any(|n| n.trim() == "berth"), "{names}");
+    let out = e.berth_ok(&["context", "remove"]);
+    assert!(out.contains("no docker context"), "{out}");
+    e.berth_ok(&["stop"]);
+}
+
+/// Issue 5: `berth doctor` names the settings file and says whether berthd would start with it,
+/// using the running engine's validator.
+#[test]
+fn doctor_checks_the_settings_file() {
+    let e = Engine::new();
+    let settings = e.dir.path().join("settings.json");
+    let doctor = || {
+        let out = e.berth(&[
+            "doctor",
+            "--backend",
+            "direct",
+            "--settings",
+            settings.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("settings"))
+            .unwrap_or_else(|| panic!("no settings line: {text}"))
+            .to_string();
+        (out.status.code(), line)
+    };
+    let (_, line) = doctor();
+    assert!(
+        line.starts_with("info") && line.contains("not there yet"),
+        "{line}"
+    );
+
+    std::fs::write(&settings, "{ not json").unwrap();
+    let (code, line) = doctor();
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with("FAIL") && line.contains("is not JSON"),
+        "{line}"
+    );
+
+    std::fs::write(
+        &settings,
+        r#"{"registry-mirrors": ["https://mirror.example"]}"#,
+    )
+    .unwrap();
+    let (_, line) = doctor();
+    assert!(
+        line.starts_with("ok") && line.contains("berthd validates"),
+        "{line}"
+    );
+
+    // With an engine to ask, the whole document is validated.
+    e.start("direct", &[]);
+    let (_, line) = doctor();
+    assert!(line.starts_with("ok") && line.contains("(valid)"), "{line}");
+    std::fs::write(
+        &settings,
+        r#"{"registry-mirrors": ["ftp://mirror.example"], "vm": {"cpus": 0}}"#,
+    )
+    .unwrap();
+    let (code, line) = doctor();
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("2 error(s)")
+            && line.contains("registry-mirrors"),
+        "{line}"
+    );
+    e.berth_ok(&["stop"]);
 }
 
 /// Issue 4: images and stopped containers are still there after `berth stop` + `berth start`
