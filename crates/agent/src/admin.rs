@@ -6,7 +6,8 @@
 //!   Both need `If-Match` (the `ETag` of the version edited, or `*`): 428 without it, 412 when
 //!   another version is current. An invalid document answers 400 with every error and
 //!   changes nothing. Registry changes apply to the next pull; `vm` changes are saved and
-//!   take effect when the VM restarts (`restartRequired` says which keys).
+//!   take effect when the VM restarts (`restartRequired` says which keys;
+//!   `POST /berth/v1/engine/restart-vm` restarts it with them).
 //! - `POST /berth/v1/settings/validate`: the errors and warnings of a document; nothing is
 //!   applied.
 //! - `POST /berth/v1/registries/test-mirror`: `{"url", "image"?}` → reachability, TLS, the
@@ -40,7 +41,7 @@ pub async fn route(daemon: Arc<Daemon>, req: Request<Incoming>, path: &str) -> A
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let body = read_json(req).await?;
-            change(&daemon, m == Method::PATCH, if_match.as_deref(), body)
+            change(&daemon, m == Method::PATCH, if_match.as_deref(), body).await
         }
         (Method::POST, "/berth/v1/settings/validate") => {
             let body = read_json(req).await?;
@@ -105,7 +106,7 @@ fn invalid(errors: &[FieldError]) -> Resp {
     )
 }
 
-fn change(daemon: &Daemon, patch: bool, if_match: Option<&str>, body: Value) -> ApiResult {
+async fn change(daemon: &Daemon, patch: bool, if_match: Option<&str>, body: Value) -> ApiResult {
     let store = store(daemon)?;
     let Some(if_match) = if_match else {
         return Err(ApiError::new(
@@ -136,12 +137,17 @@ fn change(daemon: &Daemon, patch: bool, if_match: Option<&str>, body: Value) -> 
                 "settings saved and applied".to_string()
             } else {
                 format!(
-                    "settings saved; {} take{} effect when the VM restarts (the VM was not restarted)",
+                    "settings saved; {} take{} effect when the VM restarts (the VM was not restarted; POST /berth/v1/engine/restart-vm restarts it)",
                     restart.join(", "),
                     if restart.len() == 1 { "s" } else { "" }
                 )
             };
             tracing::info!("settings changed ({}): {message}", store.path().display());
+            crate::events::publish(
+                &daemon.core,
+                settings_event(daemon, &done.old.settings, &done.new.settings, &restart),
+            )
+            .await;
             Ok(with_headers(
                 json(
                     StatusCode::OK,
@@ -207,4 +213,57 @@ async fn test_mirror(daemon: &Daemon, body: Value) -> ApiResult {
         .map_err(|e| ApiError::bad_request(format!("{url:?} is not a URL: {e}")))?;
     let probe = daemon.registry().probe_mirror(&url, image).await;
     Ok(json(StatusCode::OK, &probe))
+}
+
+/// The settings-changed event: Docker's `daemon reload` (what dockerd sends when its
+/// daemon.json is reloaded), with the mirror and insecure-registry lists as dockerd gives them,
+/// and Berth's own attributes: the top-level keys that changed and the keys that wait for a VM
+/// restart. Clients read the new document (and its etag) back.
+fn settings_event(
+    daemon: &Daemon,
+    old: &settings::Settings,
+    new: &settings::Settings,
+    restart: &[String],
+) -> berth_proto::events::Event {
+    let (old_v, new_v) = (old.to_value(), new.to_value());
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut changed: Vec<String> = keys(&old_v)
+        .into_iter()
+        .chain(keys(&new_v))
+        .filter(|k| old_v.get(k) != new_v.get(k))
+        .collect();
+    changed.sort();
+    changed.dedup();
+    let list = |key: &str| {
+        new_v
+            .get(key)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "[]".into())
+    };
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert(
+        "name".to_string(),
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    attributes.insert("registry-mirrors".to_string(), list("registry-mirrors"));
+    attributes.insert(
+        "insecure-registries".to_string(),
+        list("insecure-registries"),
+    );
+    attributes.insert("berth.settings.changed".to_string(), changed.join(","));
+    attributes.insert("berth.restart-required".to_string(), restart.join(","));
+    berth_proto::events::Event {
+        seq: 0,
+        kind: "daemon".into(),
+        action: "reload".into(),
+        actor_id: daemon.id.clone(),
+        attributes,
+        time_nano: 0,
+    }
 }

@@ -124,7 +124,8 @@ pub struct VmSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 256, max = 1_048_576))]
     pub memory: Option<u64>,
-    /// Data disk size in GiB (1 to 16384), used when the disk is first created.
+    /// Data disk size in GiB (1 to 16384): the disk's size when it is made, and it grows to a
+    /// bigger value at the next VM start; it never shrinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16_384))]
     pub disk: Option<u64>,
@@ -773,14 +774,10 @@ pub fn schema() -> Value {
     serde_json::to_value(schemars::schema_for!(Settings)).expect("the schema serialises")
 }
 
-/// The settings file's default path: `$XDG_CONFIG_HOME/berth/settings.json`, else
-/// `~/.config/berth/settings.json`.
+/// The settings file's default path, in the platform's configuration directory
+/// ([`berth_host::paths::settings`]).
 pub fn default_path() -> PathBuf {
-    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d).join("berth/settings.json"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".config/berth/settings.json"),
-    }
+    berth_host::paths::settings()
 }
 
 /// Why the settings file could not be loaded.

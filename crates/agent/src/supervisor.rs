@@ -98,6 +98,78 @@ pub async fn supervise(core: Arc<CoreClient>, health: Arc<Health>) {
     }
 }
 
+/// `docker stop` for every running container, all at once, each with its own signal and
+/// timeout; returns when all are stopped (or the core stopped answering).
+pub async fn stop_running_containers(core: &crate::core_client::CoreClient) {
+    use berth_proto::{ContainerRef, ContainerStatus, Request, Response};
+    let Ok(Response::Containers { containers }) =
+        core.call(Request::ContainerList { all: false }).await
+    else {
+        return;
+    };
+    let running: Vec<_> = containers
+        .into_iter()
+        .filter(|c| c.state.status == ContainerStatus::Running)
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    tracing::info!("stopping {} running container(s)", running.len());
+    let stops = running.iter().map(|c| {
+        core.call(Request::ContainerStop {
+            container: ContainerRef(c.id.clone()),
+            signal: None,
+            timeout: None,
+        })
+    });
+    for (c, result) in running
+        .iter()
+        .zip(futures_util::future::join_all(stops).await)
+    {
+        if let Err(e) = result {
+            tracing::warn!(
+                "stopping container {}: {}",
+                &c.id[..12.min(c.id.len())],
+                e.message
+            );
+        }
+    }
+}
+
+/// How long containers get to stop before their machine is restarted or powered off.
+pub const CONTAINER_STOP_CAP: Duration = Duration::from_secs(60);
+
+/// Restarts the machine with `resources` (the settings' `vm` values): refused before anything
+/// stops when the backend cannot have them; running containers are stopped as `docker stop`
+/// stops them (capped at [`CONTAINER_STOP_CAP`]); requests on the old core fail; the machine
+/// powers off and starts again. One restart at a time.
+pub async fn restart_machine(
+    core: &CoreClient,
+    resources: berth_vm::Resources,
+) -> Result<(), berth_vm::VmError> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let backend = core.backend().clone();
+    backend.set_resources(resources)?;
+    if tokio::time::timeout(CONTAINER_STOP_CAP, stop_running_containers(core))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "containers did not stop within {CONTAINER_STOP_CAP:?}; restarting the VM anyway"
+        );
+    }
+    core.reset("the VM is restarting").await;
+    if let Err(e) = backend.stop().await {
+        tracing::warn!("stopping the {} backend for a restart: {e}", backend.name());
+    }
+    tracing::info!(
+        "restarting the {} backend with {resources:?}",
+        backend.name()
+    );
+    backend.start().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

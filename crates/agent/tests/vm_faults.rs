@@ -274,3 +274,95 @@ fn a_full_data_disk_refuses_cleanly_and_recovers_when_space_is_freed() {
     check_committed_data(&d, &busybox, &id);
     check_no_orphans(&mut d);
 }
+
+/// Issue 5: a settings edit of `vm` answers `restartRequired`; `POST
+/// /berth/v1/engine/restart-vm` stops the containers as `docker stop` does, restarts the VM with
+/// the new memory and a bigger data disk (the guest's file system grows), and keeps the data. A
+/// smaller disk is refused before anything stops.
+#[test]
+fn vm_settings_apply_on_a_vm_restart() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let conf = tempfile::tempdir().unwrap();
+    let settings = conf.path().join("settings.json");
+    let mut d = vm_berthd(&["--vm-disk", "1", "--settings", settings.to_str().unwrap()]);
+    let (busybox, id) = committed_data(&d);
+    let kib = |d: &Berthd, cmd: &str| -> u64 {
+        let out = d.docker_ok(&["run", "--rm", &busybox, "sh", "-c", cmd]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{cmd}: {out:?}"))
+    };
+    let memory = "awk '/MemTotal/ {print $2}' /proc/meminfo";
+    // The container's root is on the data disk.
+    let disk = "df -k / | awk 'NR == 2 {print $2}'";
+    let (mem0, disk0) = (kib(&d, memory), kib(&d, disk));
+    assert!(mem0 < 512 << 10 && disk0 < 1 << 20, "{mem0} {disk0}");
+
+    let (code, headers, _) = d.api_h("GET", "/berth/v1/settings", &[], None);
+    assert_eq!(code, 200);
+    let patch = r#"{"vm": {"memory": 768, "disk": 2}}"#;
+    let (code, _, body) = d.api_h(
+        "PATCH",
+        "/berth/v1/settings",
+        &[("If-Match", &headers["etag"])],
+        Some(patch),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["restartRequired"],
+        serde_json::json!(["vm.memory", "vm.disk"])
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("restart-vm"),
+        "{body}"
+    );
+
+    // A container that says how it was stopped.
+    let waiter = d.docker_ok(&[
+        "run",
+        "-d",
+        &busybox,
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; while true; do sleep 1; done",
+    ]);
+    let (code, answer) = d.api("POST", "/berth/v1/engine/restart-vm", None);
+    assert_eq!(code, 200, "{answer}\n{}", d.log());
+    assert_eq!(answer["Resources"]["MemoryMiB"], 768, "{answer}");
+    assert_eq!(answer["Resources"]["DiskGiB"], 2, "{answer}");
+    let stopped = d.docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", waiter.trim()]);
+    assert_eq!(
+        stopped.trim(),
+        "42",
+        "the container got its stop signal first"
+    );
+    let (mem1, disk1) = (kib(&d, memory), kib(&d, disk));
+    assert!(mem1 > mem0 + (200 << 10), "memory {mem0} -> {mem1} KiB");
+    assert!(disk1 > disk0 + (800 << 10), "disk {disk0} -> {disk1} KiB");
+    assert_eq!(engine(&d)["Resources"]["MemoryMiB"], 768);
+    check_records(&d, &busybox, &id);
+
+    // The disk cannot shrink: refused, and the VM keeps running untouched.
+    let (_, headers, _) = d.api_h("GET", "/berth/v1/settings", &[], None);
+    let (code, _, body) = d.api_h(
+        "PATCH",
+        "/berth/v1/settings",
+        &[("If-Match", &headers["etag"])],
+        Some(r#"{"vm": {"disk": 1}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let running = d.docker_ok(&["run", "-d", &busybox, "sleep", "600"]);
+    let (code, answer) = d.api("POST", "/berth/v1/engine/restart-vm", None);
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot shrink"),
+        "{answer}"
+    );
+    let state = d.docker_ok(&["inspect", "--format", "{{.State.Running}}", running.trim()]);
+    assert_eq!(state.trim(), "true", "a refused restart stops nothing");
+    d.docker_ok(&["rm", "-f", running.trim()]);
+    check_no_orphans(&mut d);
+}

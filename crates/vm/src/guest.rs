@@ -37,7 +37,19 @@ pub fn kernel_cmdline(console: &str, extra: &[String]) -> String {
 /// Creates the raw data disk at `path` when it is missing: a sparse file of `size` bytes (no
 /// `qemu-img` needed; the guest's init formats it on first boot). Returns whether it was created.
 pub fn ensure_sparse_disk(path: &Path, size: u64) -> Result<bool, VmError> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::metadata(path) {
+        // A bigger size asked for since: the file grows (sparse), the guest's init grows the
+        // file system at boot. Never shrinks.
+        if meta.len() < size {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(size))
+                .map_err(|source| VmError::Io {
+                    context: format!("growing the data disk {}", path.display()),
+                    source,
+                })?;
+        }
         return Ok(false);
     }
     let io = |source| VmError::Io {
@@ -221,6 +233,48 @@ where
     }
 }
 
+/// The resources a backend will start its machine with, changed between starts.
+pub struct ResourceCell(std::sync::Mutex<crate::Resources>);
+
+impl ResourceCell {
+    pub fn new(initial: crate::Resources) -> ResourceCell {
+        ResourceCell(std::sync::Mutex::new(initial))
+    }
+
+    pub fn get(&self) -> crate::Resources {
+        *self.0.lock().expect("resources lock")
+    }
+
+    /// Checks `new` (at least one CPU and 256 MiB; a data disk no smaller than the file at
+    /// `disk`, if there is one) and keeps it for the next start.
+    pub fn set(&self, new: crate::Resources, disk: &Path) -> Result<(), VmError> {
+        if new.cpus == 0 {
+            return Err(VmError::Invalid("a machine needs at least one CPU".into()));
+        }
+        if new.memory_mib < MIN_MEMORY_MIB {
+            return Err(VmError::Invalid(format!(
+                "a machine needs at least {MIN_MEMORY_MIB} MiB of memory (asked: {})",
+                new.memory_mib
+            )));
+        }
+        if let Ok(meta) = std::fs::metadata(disk) {
+            if new.disk_bytes < meta.len() {
+                return Err(VmError::Invalid(format!(
+                    "the data disk {} is {} GiB and cannot shrink to {} GiB",
+                    disk.display(),
+                    meta.len() >> 30,
+                    new.disk_bytes >> 30
+                )));
+            }
+        }
+        *self.0.lock().expect("resources lock") = new;
+        Ok(())
+    }
+}
+
+/// The least memory a machine is started with.
+pub const MIN_MEMORY_MIB: u32 = 256;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,9 +300,16 @@ mod tests {
         let disk = dir.path().join("sub/data.raw");
         assert!(ensure_sparse_disk(&disk, 1 << 30).unwrap());
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 30);
-        std::fs::write(&disk, b"kept").unwrap();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+            f.write_all(b"kept").unwrap();
+        }
         assert!(!ensure_sparse_disk(&disk, 1 << 30).unwrap());
-        assert_eq!(std::fs::read(&disk).unwrap(), b"kept");
+        let mut head = [0u8; 4];
+        std::io::Read::read_exact(&mut std::fs::File::open(&disk).unwrap(), &mut head).unwrap();
+        assert_eq!(&head, b"kept", "an existing disk is kept");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 30);
     }
 
     #[test]
@@ -369,5 +430,47 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.contains(&format!("port {READY_PORT}")), "{err}");
+    }
+
+    #[test]
+    fn resources_refuse_what_no_machine_can_have_and_disks_only_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("data.raw");
+        let r = crate::Resources {
+            cpus: 2,
+            memory_mib: 1024,
+            disk_bytes: 4 << 30,
+        };
+        let cell = ResourceCell::new(r);
+        assert!(ensure_sparse_disk(&disk, r.disk_bytes).unwrap());
+        for bad in [
+            crate::Resources { cpus: 0, ..r },
+            crate::Resources {
+                memory_mib: 100,
+                ..r
+            },
+            crate::Resources {
+                disk_bytes: 1 << 30,
+                ..r
+            },
+        ] {
+            assert!(
+                matches!(cell.set(bad, &disk), Err(VmError::Invalid(_))),
+                "{bad:?}"
+            );
+            assert_eq!(cell.get(), r, "a refused change changes nothing");
+        }
+        let bigger = crate::Resources {
+            cpus: 1,
+            memory_mib: 2048,
+            disk_bytes: 8 << 30,
+        };
+        cell.set(bigger, &disk).unwrap();
+        assert_eq!(cell.get(), bigger);
+        assert!(!ensure_sparse_disk(&disk, bigger.disk_bytes).unwrap());
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 8 << 30);
+        // Asking for less never shrinks it.
+        ensure_sparse_disk(&disk, 1 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 8 << 30);
     }
 }

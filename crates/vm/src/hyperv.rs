@@ -115,6 +115,8 @@ impl HypervConfig {
 
 pub struct HypervBackend {
     config: HypervConfig,
+    /// CPUs, memory and disk for the next start (`set_resources`).
+    resources: guest::ResourceCell,
     console_log: PathBuf,
     inner: Arc<Mutex<Inner>>,
 }
@@ -130,6 +132,11 @@ impl HypervBackend {
     pub fn new(config: HypervConfig) -> HypervBackend {
         let console_log = config.state_dir.join("console.log");
         HypervBackend {
+            resources: guest::ResourceCell::new(crate::Resources {
+                cpus: config.cpus,
+                memory_mib: config.memory_mib,
+                disk_bytes: config.data_disk_size,
+            }),
             config,
             console_log,
             inner: Arc::new(Mutex::new(Inner {
@@ -170,6 +177,16 @@ impl HypervBackend {
         self.inner.lock().expect("hyperv backend lock")
     }
 
+    /// The configuration with the resources asked for since it was made.
+    fn effective_config(&self) -> HypervConfig {
+        let r = self.resources.get();
+        let mut c = self.config.clone();
+        c.cpus = r.cpus;
+        c.memory_mib = r.memory_mib;
+        c.data_disk_size = r.disk_bytes;
+        c
+    }
+
     fn start_error(&self, message: String) -> VmError {
         VmError::Start {
             backend: BACKEND,
@@ -178,7 +195,7 @@ impl HypervBackend {
     }
 
     async fn start_inner(&self) -> Result<BootTimes, VmError> {
-        let cfg = self.config.clone();
+        let cfg = self.effective_config();
         for (what, path) in [("kernel", &cfg.kernel), ("initramfs", &cfg.initramfs)] {
             if !path.is_file() {
                 return Err(self.start_error(format!(
@@ -330,6 +347,18 @@ impl HypervBackend {
 impl VmBackend for HypervBackend {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+    fn resources(&self) -> Option<crate::Resources> {
+        Some(self.resources.get())
+    }
+    fn set_resources(&self, resources: crate::Resources) -> Result<(), VmError> {
+        if resources.disk_bytes != self.resources.get().disk_bytes {
+            return Err(VmError::Unsupported {
+                backend: BACKEND,
+                what: "resizing the VHDX data disk",
+            });
+        }
+        self.resources.set(resources, &self.config.data_disk)
     }
 
     fn start(&self) -> BoxFuture<'_, Result<(), VmError>> {

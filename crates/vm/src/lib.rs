@@ -116,12 +116,31 @@ pub enum VmError {
     /// dialing the guest failed
     #[error("cannot reach port {port} in the guest: {source}")]
     Dial { port: u32, source: std::io::Error },
+    /// the backend cannot do this
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
+    /// a value the backend refuses
+    #[error("{0}")]
+    Invalid(String),
     /// other i/o
     #[error("{context}: {source}")]
     Io {
         context: String,
         source: std::io::Error,
     },
+}
+
+/// What a machine is given. Set at start; [`VmBackend::set_resources`] changes it for the next
+/// start (a running machine keeps its own until it is restarted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// The data disk's size; a disk only grows (the guest grows its file system at boot).
+    pub disk_bytes: u64,
 }
 
 /// A machine that runs `berth-core`.
@@ -135,6 +154,18 @@ pub trait VmBackend: Send + Sync {
     fn state(&self) -> VmState;
     /// Opens a new stream to `port` in the guest.
     fn dial(&self, port: u32) -> BoxFuture<'_, Result<BoxStream, VmError>>;
+    /// The machine's resources for its next start; `None` where there is no machine (direct).
+    fn resources(&self) -> Option<Resources> {
+        None
+    }
+    /// Resources for the next start. Refused where there is no machine, for values no machine
+    /// can have, and for a smaller data disk than the one there is.
+    fn set_resources(&self, _resources: Resources) -> Result<(), VmError> {
+        Err(VmError::Unsupported {
+            backend: self.name(),
+            what: "changing CPUs, memory or disk",
+        })
+    }
 }
 
 /// A program on `PATH` or in cargo's bin directory (`cargo install` puts `vhost-device-vsock`

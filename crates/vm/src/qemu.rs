@@ -169,6 +169,8 @@ pub struct BootReport {
 
 pub struct QemuBackend {
     config: QemuConfig,
+    /// CPUs, memory and disk for the next start (`set_resources`).
+    resources: guest::ResourceCell,
     paths: StatePaths,
     inner: Arc<Mutex<Inner>>,
 }
@@ -184,6 +186,11 @@ impl QemuBackend {
     pub fn new(config: QemuConfig) -> QemuBackend {
         let paths = StatePaths::new(&config.state_dir);
         QemuBackend {
+            resources: guest::ResourceCell::new(crate::Resources {
+                cpus: config.cpus,
+                memory_mib: config.memory_mib,
+                disk_bytes: config.data_disk_size,
+            }),
             config,
             paths,
             inner: Arc::new(Mutex::new(Inner {
@@ -251,6 +258,16 @@ impl QemuBackend {
         self.inner.lock().expect("qemu backend lock")
     }
 
+    /// The configuration with the resources asked for since it was made.
+    fn effective_config(&self) -> QemuConfig {
+        let r = self.resources.get();
+        let mut c = self.config.clone();
+        c.cpus = r.cpus;
+        c.memory_mib = r.memory_mib;
+        c.data_disk_size = r.disk_bytes;
+        c
+    }
+
     fn start_error(&self, message: String) -> VmError {
         VmError::Start {
             backend: BACKEND,
@@ -259,7 +276,7 @@ impl QemuBackend {
     }
 
     async fn start_inner(&self) -> Result<(), VmError> {
-        let cfg = &self.config;
+        let cfg = &self.effective_config();
         for (what, path) in [("kernel", &cfg.kernel), ("initramfs", &cfg.initramfs)] {
             if !path.is_file() {
                 return Err(self.start_error(format!(
@@ -448,6 +465,12 @@ impl QemuBackend {
 impl VmBackend for QemuBackend {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+    fn resources(&self) -> Option<crate::Resources> {
+        Some(self.resources.get())
+    }
+    fn set_resources(&self, resources: crate::Resources) -> Result<(), VmError> {
+        self.resources.set(resources, &self.config.data_disk)
     }
 
     fn start(&self) -> BoxFuture<'_, Result<(), VmError>> {

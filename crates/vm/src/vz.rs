@@ -94,6 +94,8 @@ impl VzConfig {
 
 pub struct VzBackend {
     config: VzConfig,
+    /// CPUs, memory and disk for the next start (`set_resources`).
+    resources: guest::ResourceCell,
     console_log: PathBuf,
     inner: Arc<Mutex<Inner>>,
 }
@@ -108,6 +110,11 @@ impl VzBackend {
     pub fn new(config: VzConfig) -> VzBackend {
         let console_log = config.state_dir.join("console.log");
         VzBackend {
+            resources: guest::ResourceCell::new(crate::Resources {
+                cpus: config.cpus,
+                memory_mib: config.memory_mib,
+                disk_bytes: config.data_disk_size,
+            }),
             config,
             console_log,
             inner: Arc::new(Mutex::new(Inner {
@@ -150,6 +157,16 @@ impl VzBackend {
         self.lock().machine.clone()
     }
 
+    /// The configuration with the resources asked for since it was made.
+    fn effective_config(&self) -> VzConfig {
+        let r = self.resources.get();
+        let mut c = self.config.clone();
+        c.cpus = r.cpus;
+        c.memory_mib = r.memory_mib;
+        c.data_disk_size = r.disk_bytes;
+        c
+    }
+
     fn start_error(&self, message: String) -> VmError {
         VmError::Start {
             backend: BACKEND,
@@ -158,7 +175,7 @@ impl VzBackend {
     }
 
     async fn start_inner(&self) -> Result<BootTimes, VmError> {
-        let cfg = &self.config;
+        let cfg = &self.effective_config();
         for (what, path) in [("kernel", &cfg.kernel), ("initramfs", &cfg.initramfs)] {
             if !path.is_file() {
                 return Err(self.start_error(format!(
@@ -252,6 +269,12 @@ impl VzBackend {
 impl VmBackend for VzBackend {
     fn name(&self) -> &'static str {
         BACKEND
+    }
+    fn resources(&self) -> Option<crate::Resources> {
+        Some(self.resources.get())
+    }
+    fn set_resources(&self, resources: crate::Resources) -> Result<(), VmError> {
+        self.resources.set(resources, &self.config.data_disk)
     }
 
     fn start(&self) -> BoxFuture<'_, Result<(), VmError>> {

@@ -133,21 +133,7 @@ struct AuthConfig {
 }
 
 /// The registry host a `serveraddress` names: Docker Hub's legacy index URL means docker.io.
-pub fn registry_host(server_address: &str) -> String {
-    let s = server_address.trim();
-    if s.is_empty()
-        || s.contains("index.docker.io")
-        || s == "docker.io"
-        || s.contains("registry-1.docker.io")
-    {
-        return "docker.io".into();
-    }
-    let s = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"))
-        .unwrap_or(s);
-    s.split('/').next().unwrap_or(s).to_string()
-}
+pub use berth_host::credentials::registry_host;
 
 /// `X-Registry-Auth`: base64url JSON of the CLI's stored credentials for the pull's registry.
 pub fn decode_registry_auth(header: &str) -> Option<Credentials> {
@@ -218,6 +204,7 @@ pub async fn engine(daemon: &Daemon) -> ApiResult {
             "Backend": backend.name(),
             "State": backend.state().to_string(),
             "Health": daemon.health.report(),
+            "Resources": backend.resources().map(resources_json),
             "Core": core,
         }),
     ))
@@ -258,6 +245,58 @@ pub async fn restart_core(daemon: &Daemon) -> ApiResult {
         StatusCode::OK,
         &serde_json::json!({ "TookMs": took.as_secs_f64() * 1000.0 }),
     ))
+}
+
+/// `POST /berth/v1/engine/restart-vm`: the VM restarted with the settings' `vm` values (CPUs,
+/// memory, a bigger data disk), where a settings edit answered `restartRequired`. Values the
+/// settings leave out keep the machine's. 409 on a backend without a VM; 400 for resources the
+/// backend refuses (a smaller disk), before anything stops.
+pub async fn restart_vm(daemon: &Daemon) -> ApiResult {
+    use berth_vm::{Resources, VmError};
+    let backend = daemon.core.backend().clone();
+    let Some(current) = backend.resources() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the {} backend has no VM to restart", backend.name()),
+        ));
+    };
+    let vm = daemon
+        .settings
+        .as_ref()
+        .map(|s| s.current().settings.vm.clone())
+        .unwrap_or_default();
+    let wanted = Resources {
+        cpus: vm.cpus.unwrap_or(current.cpus),
+        memory_mib: vm
+            .memory
+            .map(|m| u32::try_from(m).unwrap_or(u32::MAX))
+            .unwrap_or(current.memory_mib),
+        disk_bytes: vm.disk.map(|g| g << 30).unwrap_or(current.disk_bytes),
+    };
+    let began = std::time::Instant::now();
+    crate::supervisor::restart_machine(&daemon.core, wanted)
+        .await
+        .map_err(|e| match e {
+            VmError::Invalid(_) | VmError::Unsupported { .. } => {
+                ApiError::bad_request(format!("the VM was not restarted: {e}"))
+            }
+            e => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("restarting the VM: {e}"),
+            ),
+        })?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "Resources": resources_json(wanted),
+            "TookMs": began.elapsed().as_secs_f64() * 1000.0,
+        }),
+    ))
+}
+
+/// A machine's resources as the admin API shows them.
+pub fn resources_json(r: berth_vm::Resources) -> serde_json::Value {
+    json!({ "Cpus": r.cpus, "MemoryMiB": r.memory_mib, "DiskGiB": r.disk_bytes >> 30 })
 }
 
 #[cfg(test)]
