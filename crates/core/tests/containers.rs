@@ -589,8 +589,9 @@ fn auto_remove_removes_after_exit() {
 #[test]
 fn unsupported_options_are_refused_clearly() {
     let fx = Fixture::new();
+    // A network mode Berth does not have (named volumes, once refused here, are supported).
     let mut spec = fx.spec(&["true"]);
-    spec.host.binds = vec!["data:/data".into()];
+    spec.host.network_mode = "container:other".into();
     let e: berth_proto::Error = fx
         .core()
         .containers

@@ -164,6 +164,43 @@ impl CgroupPaths {
     }
 }
 
+impl CgroupPaths {
+    /// How many times the kernel's OOM killer killed a process of the cgroup: v1
+    /// `memory.oom_control`'s `oom_kill`, v2 `memory.events`' `oom_kill`. `None` when the
+    /// cgroup (or the counter) cannot be read.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let (dir, v1) = self.dir("memory")?;
+        let file = if v1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        parse_flat_keyed(&read(dir, file)?).get("oom_kill").copied()
+    }
+}
+
+/// Whether the kernel limits memory + swap: v1 `memory.memsw.limit_in_bytes` on the memory
+/// hierarchy; v2 whenever the memory controller is there (dockerd assumes the same: every
+/// non-root v2 cgroup has `memory.swap.max`, but the root has none to look at).
+pub fn swap_limit_supported() -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let mounts = parse_mountinfo(&text);
+    if let Some(m) = mounts.iter().find(|m| {
+        m.controllers
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|c| c == "memory"))
+    }) {
+        return m.mount_point.join("memory.memsw.limit_in_bytes").exists();
+    }
+    let Some(unified) = mounts.iter().find(|m| m.controllers.is_none()) else {
+        return false;
+    };
+    fs::read_to_string(unified.mount_point.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+}
+
 fn read(dir: &Path, file: &str) -> Option<String> {
     fs::read_to_string(dir.join(file)).ok()
 }

@@ -58,6 +58,9 @@ pub struct ContainerRecord {
     pub runtime: String,
     /// The image's layer snapshots (chain ids), bottom first.
     pub layers: Vec<String>,
+    /// Binds, volumes and `--mount` tmpfs, planned at create (`mounts.rs`).
+    #[serde(default)]
+    pub mounts: Vec<super::mounts::ContainerMount>,
 }
 
 pub struct ContainerStore {
@@ -211,6 +214,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             runtime: "runc".into(),
             layers: vec![],
+            mounts: vec![],
         }
     }
 
