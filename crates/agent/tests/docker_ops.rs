@@ -545,3 +545,86 @@ fn restart_policies_are_applied_by_the_core() {
     assert_ne!(v["State"]["Pid"].as_u64().unwrap(), pid);
     d.docker_ok(&["rm", "-f", "back", "unless", "fails", "clean", "nopolicy"]);
 }
+
+/// Issue 3: the default seccomp profile is on (mode 2) and refuses what containers should not
+/// do — here a new user namespace, which needs no capability, so only the filter stops it —
+/// while `seccomp=unconfined`, `--privileged` and CAP_SYS_ADMIN give it back; a profile file
+/// in Docker's format is applied; a broken one is a clear error and no container.
+#[test]
+fn the_default_seccomp_profile_refuses_new_namespaces() {
+    let d = Berthd::start(&[]);
+    let bb = busybox();
+    d.docker_ok(&["pull", "-q", &bb]);
+    let mode = "grep Seccomp: /proc/self/status";
+
+    let out = d.docker_ok(&["run", "--rm", &bb, "sh", "-c", mode]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"]
+    );
+    let err = docker_err(&d, &["run", "--rm", &bb, "sh", "-c", "unshare -U true"]);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // Ordinary programs are unaffected: processes, pipes, files, a socket.
+    let out = d.docker_ok(&[
+        "run",
+        "--rm",
+        &bb,
+        "sh",
+        "-c",
+        "echo hi | cat > /tmp/f && cat /tmp/f && nslookup localhost 127.0.0.1 >/dev/null 2>&1; echo done",
+    ]);
+    assert_eq!(out, "hi\ndone\n");
+
+    let script = format!("{mode}; unshare -U true && echo allowed");
+    for extra in [
+        &["--security-opt", "seccomp=unconfined"][..],
+        &["--privileged"][..],
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&bb, "sh", "-c", &script]);
+        let out = d.docker_ok(&args);
+        assert!(
+            out.contains("Seccomp:\t0") && out.contains("allowed"),
+            "{extra:?}: {out}"
+        );
+    }
+    let out = d.docker_ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        &bb,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        out.contains("Seccomp:\t2") && out.contains("allowed"),
+        "{out}"
+    );
+
+    // A profile file in Docker's format: everything allowed but mkdir, refused with EACCES.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let err = docker_err(
+        &d,
+        &["run", "--rm", "--security-opt", &opt, &bb, "mkdir", "/x"],
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    let out = d.docker_ok(&["run", "--rm", "--security-opt", &opt, &bb, "sh", "-c", mode]);
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+
+    std::fs::write(&profile, r#"{"syscalls": []}"#).unwrap();
+    let before = d.docker_ok(&["ps", "-aq"]);
+    let err = docker_err(&d, &["run", "--rm", "--security-opt", &opt, &bb, "true"]);
+    assert!(err.contains("invalid seccomp profile"), "{err}");
+    assert_eq!(d.docker_ok(&["ps", "-aq"]), before, "no container is left");
+}

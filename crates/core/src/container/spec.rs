@@ -110,9 +110,18 @@ pub enum SpecError {
     /// a bind that is not "SRC:DST[:OPTIONS]"
     #[error("invalid volume specification: {0:?}")]
     Bind(String),
-    /// a named volume (not supported yet)
-    #[error("named volumes are not supported yet ({0:?}): bind an absolute host path instead")]
+    /// a volume name where a host path was expected
+    #[error("{0:?} names a volume, not a host path")]
     NamedVolume(String),
+    /// a mount dockerd would refuse (its message)
+    #[error("{0}")]
+    Mount(String),
+    /// resource limits dockerd would refuse (its message)
+    #[error("{0}")]
+    Resources(String),
+    /// a seccomp profile that cannot be used (its message)
+    #[error("{0}")]
+    Seccomp(String),
     /// a mount destination that is not absolute
     #[error("invalid mount destination {0:?}: it must be an absolute path")]
     Destination(String),
@@ -188,11 +197,20 @@ pub fn capabilities(
             return Err(SpecError::Capability(format!("CAP_{c}")));
         }
     }
+    // "All" is what this process may hand on (its bounding set), as dockerd does: a core
+    // without CAP_SYS_RESOURCE (a restricted host) would otherwise fail every privileged start.
+    let bounding = bounding_set();
+    let all: Vec<&str> = ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, c)| *c)
+        .collect();
     if privileged {
-        return Ok(ALL_CAPS.iter().map(|c| c.to_string()).collect());
+        return Ok(all.iter().map(|c| c.to_string()).collect());
     }
     let base: &[&str] = if add.iter().any(|c| c == "ALL") {
-        ALL_CAPS
+        &all
     } else {
         DEFAULT_CAPS
     };
@@ -212,6 +230,19 @@ pub fn capabilities(
     Ok(caps)
 }
 
+/// The capability bounding set of this process (`CapBnd` in /proc/self/status); every
+/// capability when it cannot be read. `ALL_CAPS[n]` is capability number `n`.
+fn bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// Everything the spec needs beyond the record.
 pub struct SpecInput<'a> {
     pub record: &'a ContainerRecord,
@@ -222,6 +253,8 @@ pub struct SpecInput<'a> {
     pub nofile: u64,
     /// A pure cgroup v2 host: the container gets its own cgroup namespace.
     pub cgroup_v2: bool,
+    /// The kernel limits memory + swap (v1 `memory.memsw.*`; v2 `memory.swap.max`).
+    pub swap_limit: bool,
 }
 
 /// Builds the spec; also returns warnings about requested options that are ignored.
@@ -236,13 +269,17 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
                 no_new_privileges = true
             }
             "no-new-privileges:false" | "no-new-privileges=false" => no_new_privileges = false,
+            // The filter itself is `seccomp::for_container`'s.
             o if o.starts_with("seccomp=") || o.starts_with("seccomp:") => {}
             o if o.starts_with("apparmor=") || o.starts_with("label=") => {}
             other => warnings.push(format!("security option {other:?} is ignored")),
         }
     }
 
-    let caps: Capabilities = capabilities(host.privileged, &host.cap_add, &host.cap_drop)?
+    let cap_names = capabilities(host.privileged, &host.cap_add, &host.cap_drop)?;
+    let seccomp = super::seccomp::for_container(host.privileged, &host.security_opt, &cap_names)
+        .map_err(SpecError::Seccomp)?;
+    let caps: Capabilities = cap_names
         .iter()
         .filter_map(|c| c.parse::<Capability>().ok())
         .collect();
@@ -330,8 +367,17 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
             .allow(host.privileged)
             .access("rwm")
             .build()?]);
+    check_memory(host.memory, host.memory_swap)?;
     if host.memory > 0 {
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(host.memory).build()?);
+        let mut memory = LinuxMemoryBuilder::default().limit(host.memory);
+        if input.swap_limit {
+            // Docker's MemorySwap (memory + swap): unset is twice the memory, -1 unlimited.
+            memory = memory.swap(match host.memory_swap {
+                0 => host.memory.saturating_mul(2),
+                s => s,
+            });
+        }
+        resources = resources.memory(memory.build()?);
     }
     if host.nano_cpus > 0 || host.cpu_shares > 0 {
         let mut cpu = LinuxCpuBuilder::default();
@@ -357,13 +403,14 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
             READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
         )
     };
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(PathBuf::from(format!("/berth/{}", rec.id)))
         .masked_paths(masked)
         .readonly_paths(readonly)
         .build()?;
+    linux.set_seccomp(seccomp);
 
     let mut spec = Spec::default();
     spec.set_version("1.0.2".into());
@@ -380,6 +427,26 @@ pub fn build(input: &SpecInput) -> Result<(Spec, Vec<String>), SpecError> {
     spec.set_annotations(None);
     spec.set_linux(Some(linux));
     Ok((spec, warnings))
+}
+
+/// dockerd's checks of `-m` and `--memory-swap`.
+pub fn check_memory(memory: i64, swap: i64) -> Result<(), SpecError> {
+    if memory > 0 && memory < 6 << 20 {
+        return Err(SpecError::Resources(
+            "Minimum memory limit allowed is 6MB".into(),
+        ));
+    }
+    if swap > 0 && memory == 0 {
+        return Err(SpecError::Resources(
+            "You should always set the Memory limit when using Memoryswap limit, see usage".into(),
+        ));
+    }
+    if swap > 0 && swap < memory {
+        return Err(SpecError::Resources(
+            "Minimum memoryswap limit should be larger than memory limit, see usage".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn mount(dst: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount, SpecError> {
@@ -402,12 +469,23 @@ fn mounts(input: &SpecInput) -> Result<Vec<Mount>, SpecError> {
         o.extend(opts.split(',').filter(|o| !o.is_empty()));
         user.push(mount(dst, "tmpfs", "tmpfs", &o)?);
     }
-    for b in &host.binds {
-        let b = parse_bind(b)?;
-        let src = b.source.display().to_string();
-        let mut o = vec!["rbind", b.propagation.as_str()];
-        o.push(if b.read_only { "ro" } else { "rw" });
-        user.push(mount(&b.destination, "bind", &src, &o)?);
+    // Parents before children (`/a` before `/a/b`), or a later mount would hide an earlier.
+    let mut planned: Vec<&super::mounts::ContainerMount> = input.record.mounts.iter().collect();
+    planned.sort_by_key(|m| Path::new(&m.destination).components().count());
+    for m in planned {
+        if m.kind == "tmpfs" {
+            let o: Vec<&str> = m.tmpfs_options.iter().map(String::as_str).collect();
+            user.push(mount(&m.destination, "tmpfs", "tmpfs", &o)?);
+            continue;
+        }
+        let src = m.source.display().to_string();
+        let propagation = if m.propagation.is_empty() {
+            "rprivate"
+        } else {
+            m.propagation.as_str()
+        };
+        let o = ["rbind", propagation, if m.read_only { "ro" } else { "rw" }];
+        user.push(mount(&m.destination, "bind", &src, &o)?);
     }
     let taken = |d: &str| user.iter().any(|m| m.destination() == Path::new(d));
     let bundle = |f: &str| input.bundle.join(f).display().to_string();
@@ -490,6 +568,14 @@ mod tests {
     use berth_proto::{ContainerSpec, HostSpec};
 
     fn record(host: HostSpec) -> ContainerRecord {
+        let mounts = crate::container::mounts::plan(
+            &ContainerSpec {
+                host: host.clone(),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
         ContainerRecord {
             id: "ab".repeat(32),
             name: "x".into(),
@@ -509,6 +595,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             runtime: "runc".into(),
             layers: vec![],
+            mounts,
         }
     }
 
@@ -526,6 +613,7 @@ mod tests {
             bundle: Path::new("/b"),
             nofile: 20000,
             cgroup_v2: false,
+            swap_limit: true,
         })
         .unwrap();
         serde_json::to_value(&spec).unwrap()
@@ -545,6 +633,7 @@ mod tests {
     #[test]
     fn defaults_are_dockers() {
         let v = json_of(HostSpec::default());
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["process"]["args"], serde_json::json!(["echo", "hi"]));
         assert_eq!(v["process"]["cwd"], "/w");
         assert_eq!(v["process"]["terminal"], false);
@@ -651,8 +740,13 @@ mod tests {
 
         host.privileged = true;
         let v = json_of(host);
-        assert_eq!(caps_of(&v).len(), ALL_CAPS.len());
+        assert_eq!(
+            caps_of(&v).len(),
+            capabilities(true, &[], &[]).unwrap().len()
+        );
+        assert!(caps_of(&v).len() > DEFAULT_CAPS.len());
         assert!(v["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+        assert!(v["linux"].get("seccomp").is_none(), "privileged: no filter");
         assert_eq!(v["linux"]["resources"]["devices"][0]["allow"], true);
     }
 
@@ -667,10 +761,16 @@ mod tests {
             capabilities(false, &s(&["NET_ADMIN"]), &s(&["ALL"])).unwrap(),
             ["NET_ADMIN"]
         );
+        // ALL is every capability this process may hand on.
+        let bounding = bounding_set();
+        let expected = (0..ALL_CAPS.len())
+            .filter(|bit| bounding & (1u64 << bit) != 0)
+            .count();
         assert_eq!(
             capabilities(false, &s(&["ALL"]), &[]).unwrap().len(),
-            ALL_CAPS.len()
+            expected
         );
+        assert_eq!(capabilities(true, &[], &[]).unwrap().len(), expected);
         assert!(matches!(
             capabilities(false, &s(&["CAP_NOPE"]), &[]),
             Err(SpecError::Capability(c)) if c == "CAP_NOPE"
@@ -710,6 +810,7 @@ mod tests {
             bundle: Path::new("/b"),
             nofile: 1024,
             cgroup_v2: true,
+            swap_limit: true,
         });
         assert!(matches!(r, Err(SpecError::Network(_))));
     }
