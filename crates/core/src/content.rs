@@ -108,6 +108,20 @@ impl ContentStore {
         self.blobs.join(d.hex())
     }
 
+    /// Opens a stored blob for reading, with its size (a push or a save streams it back).
+    pub fn open_blob(&self, d: &Digest) -> Result<(File, u64), ContentError> {
+        let path = self.path(d);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ContentError::NotFound(d.clone()))
+            }
+            Err(e) => return Err(io_err("opening", &path)(e)),
+        };
+        let len = file.metadata().map_err(io_err("reading", &path))?.len();
+        Ok((file, len))
+    }
+
     /// Reads a whole blob of at most `max` bytes (manifests, configs). Blobs were verified when
     /// written, so this does not hash them again.
     pub fn read_all(&self, d: &Digest, max: u64) -> Result<Vec<u8>, ContentError> {
@@ -403,6 +417,14 @@ mod tests {
         assert!(store.contains(&d));
         assert_eq!(store.size(&d), Some(5));
         assert_eq!(store.read_all(&d, 5).unwrap(), b"hello");
+        let (mut f, size) = store.open_blob(&d).unwrap();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!((size, back.as_slice()), (5, &b"hello"[..]));
+        assert!(matches!(
+            store.open_blob(&Digest::of(b"absent")),
+            Err(ContentError::NotFound(_))
+        ));
         assert!(matches!(
             store.read_all(&d, 4),
             Err(ContentError::TooLarge { limit: 4, .. })

@@ -83,6 +83,19 @@ impl ImageService {
         Ok(out)
     }
 
+    /// Opens a stored blob to stream it back, with its size; `not_found` when the store does
+    /// not hold it (a layer whose snapshot came from another image's blob, say).
+    pub fn open_blob(&self, digest: &str) -> Result<(std::fs::File, u64), Error> {
+        let d = parse_digest("blob digest", digest)?;
+        self.content.open_blob(&d).map_err(|e| match e {
+            crate::content::ContentError::NotFound(_) => Error::new(
+                ErrorCode::NotFound,
+                format!("blob {digest} is not in the store"),
+            ),
+            e => internal(e),
+        })
+    }
+
     /// A snapshot counts only when both its tree and its record exist.
     pub fn snapshots_present(&self, chain_ids: &[String]) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();

@@ -194,7 +194,8 @@ impl MetaStore {
                 .get(id)?
                 .map(|v| decode::<ImageRecord>(id, v.value()))
                 .transpose()?;
-            if let Some(mut rec) = rec {
+            // A digest reference (recorded after a push) is not a tag: LastTagTime stays.
+            if let Some(mut rec) = rec.filter(|_| !name.contains('@')) {
                 rec.last_tag_time = Some(now.to_string());
                 images.insert(id, encode(&rec).as_str())?;
             }

@@ -34,6 +34,23 @@ pub struct BlobWritten {
     pub unpacked_size: Option<u64>,
 }
 
+/// A stored blob read back on its own connection (a push, a save). A blob the store does not
+/// hold is refused in the handshake; otherwise the core sends one [`BlobReadHeader`] frame and
+/// then exactly `size` raw bytes, and closes. A read that fails part-way closes the stream
+/// early: the host sees a short blob.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlobRead {
+    /// "sha256:…".
+    pub digest: String,
+}
+
+/// The first frame of a [`BlobRead`] stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlobReadHeader {
+    /// The bytes that follow.
+    pub size: u64,
+}
+
 /// A manifest, index or config exactly as the registry served it (the digest covers these bytes).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RawBlob {

@@ -171,6 +171,8 @@ impl Client {
             accept: None,
             range_from: (from > 0).then_some(from),
             what: what.to_string(),
+            method: reqwest::Method::GET,
+            body: None,
         };
         let resp = self.get(cfg, &req, AuthMode::Store).await?;
         let url = req.url.clone();

@@ -121,6 +121,10 @@ pub(crate) struct Request<'a> {
     pub range_from: Option<u64>,
     /// What is fetched, for error messages: "manifest for docker.io/library/x:latest".
     pub what: String,
+    /// GET unless said otherwise (a push HEADs, POSTs and PUTs).
+    pub method: reqwest::Method,
+    /// A body sent (again) with every attempt, and its content type.
+    pub body: Option<(Bytes, String)>,
 }
 
 /// An endpoint to try, or to report as unusable (a mirror URL with a path, ...).
@@ -301,6 +305,8 @@ impl Client {
             accept: None,
             range_from: None,
             what: format!("registry API of {host}"),
+            method: reqwest::Method::GET,
+            body: None,
         };
         self.get(&cfg, &req, AuthMode::Login(creds)).await.map(drop)
     }
@@ -492,6 +498,8 @@ impl Client {
             accept: Some(media_type::MANIFEST_ACCEPT),
             range_from: None,
             what: what.to_string(),
+            method: reqwest::Method::GET,
+            body: None,
         };
         let (headers, bytes) = self.get_small(cfg, &req, manifest::MANIFEST_MAX).await?;
         if let Some(size) = expected_size {
@@ -560,6 +568,8 @@ impl Client {
             accept: None,
             range_from: None,
             what: what.to_string(),
+            method: reqwest::Method::GET,
+            body: None,
         };
         let (_, bytes) = self
             .get_small(cfg, &req, desc.size)
@@ -733,6 +743,45 @@ impl Client {
         }
     }
 
+    /// The `Authorization` header for a request whose body cannot be sent twice (a streamed
+    /// upload): what the endpoint is known to want, for `scope`. An earlier request of the
+    /// same scope (the upload's POST) has learnt the challenge and cached the token.
+    pub(crate) async fn authorization(
+        &self,
+        cfg: &RegistryConfig,
+        ep: &Endpoint,
+        scope: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let key = ep.base.as_str();
+        let creds = auth::lookup(&*self.inner.creds, &ep.host);
+        match self.inner.auth.challenge(key) {
+            Some(Challenge::Basic) => Ok(creds.map(|c| c.basic_header())),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                if let Some(t) = self.inner.auth.token(key, scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let token = self
+                    .token(
+                        cfg,
+                        ep,
+                        &realm,
+                        service.as_deref(),
+                        Some(scope),
+                        creds.as_ref(),
+                        false,
+                    )
+                    .await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the token of a scope that the registry refused part-way (it expired).
+    pub(crate) fn drop_token(&self, ep: &Endpoint, scope: &str) {
+        self.inner.auth.drop_token(ep.base.as_str(), scope);
+    }
+
     /// A bearer token from `realm` (Docker token authentication), with the credentials when
     /// there are some; cached per (endpoint, scope) unless for a login check.
     #[allow(clippy::too_many_arguments)]
@@ -761,7 +810,9 @@ impl Client {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            if let Some(s) = scope {
+            // Several scopes (a push that mounts from another repository) are separated by
+            // spaces in the cache key and sent as one `scope` parameter each.
+            for s in scope.into_iter().flat_map(str::split_whitespace) {
                 q.append_pair("scope", s);
             }
             if let (Some(c), true) = (creds, login) {
@@ -867,7 +918,12 @@ impl Client {
         let attempts = cfg.retry.attempts();
         let mut attempt = 0;
         loop {
-            let mut rb = client.get(url.clone());
+            let mut rb = client.request(req.method.clone(), url.clone());
+            if let Some((body, content_type)) = &req.body {
+                rb = rb.header(CONTENT_TYPE, content_type).body(body.clone());
+            } else if req.method == reqwest::Method::POST || req.method == reqwest::Method::PUT {
+                rb = rb.header(reqwest::header::CONTENT_LENGTH, 0);
+            }
             if let Some(a) = authorization {
                 let mut v = HeaderValue::from_str(a).map_err(|_| RegistryError::Unauthorized {
                     registry: req.endpoint.host.clone(),
@@ -886,7 +942,7 @@ impl Client {
             let (error, wait) = match rb.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    tracing::debug!(url = %req.url, status = status.as_u16(), "GET");
+                    tracing::debug!(url = %req.url, status = status.as_u16(), method = %req.method, "registry request");
                     if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
                         return Ok(resp);
                     }
@@ -929,6 +985,8 @@ fn login_host(s: &str) -> String {
 
 /// "repository berth/hello" for "repository:berth/hello:pull".
 fn scope_name(scope: &str) -> String {
+    // The first scope names the repository the request is about.
+    let scope = scope.split_whitespace().next().unwrap_or("");
     match scope
         .strip_prefix("repository:")
         .and_then(|s| s.rsplit_once(':'))
@@ -991,7 +1049,7 @@ pub(crate) async fn read_limited(
 }
 
 /// A 2xx response as it is; anything else as the error it means.
-async fn check_status(
+pub(crate) async fn check_status(
     resp: reqwest::Response,
     req: &Request<'_>,
 ) -> Result<reqwest::Response, RegistryError> {
@@ -1015,7 +1073,7 @@ async fn check_status(
     }
 }
 
-async fn http_error(resp: reqwest::Response, url: &str) -> RegistryError {
+pub(crate) async fn http_error(resp: reqwest::Response, url: &str) -> RegistryError {
     let status = resp.status().as_u16();
     let message = error_message(resp).await;
     RegistryError::Http {
@@ -1027,7 +1085,7 @@ async fn http_error(resp: reqwest::Response, url: &str) -> RegistryError {
 
 /// The registry's error message: the distribution spec's `{"errors":[{code,message}]}`, else
 /// the start of the body, else the status's reason.
-async fn error_message(resp: reqwest::Response) -> String {
+pub(crate) async fn error_message(resp: reqwest::Response) -> String {
     let status = resp.status();
     let reason = status.canonical_reason().unwrap_or("error").to_string();
     let Ok(body) = read_limited(resp, ERROR_BODY_MAX, "error body").await else {
@@ -1174,5 +1232,9 @@ mod tests {
             "repository berth/hello"
         );
         assert_eq!(scope_name(""), "the registry");
+        assert_eq!(
+            scope_name("repository:berth/new:pull,push repository:berth/hello:pull"),
+            "repository berth/new"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub struct FakeRequest {
     pub target: String,
     /// Lowercased names.
     pub headers: Vec<(String, String)>,
+    /// The body, as long as its Content-Length said (uploads).
+    pub body: Bytes,
 }
 
 impl FakeRequest {
@@ -184,14 +186,29 @@ async fn serve(
     let mut first = lines.next().unwrap_or("").split(' ');
     let method = first.next().unwrap_or("").to_string();
     let target = first.next().unwrap_or("").to_string();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    // Read the body the request declares before answering (a push's uploads).
+    let declared = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < declared {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
     let req = FakeRequest {
         method,
         target,
         headers,
+        body: body.into(),
     };
     log.lock().unwrap().push(req.clone());
     let reply = handler(&req);
@@ -245,6 +262,8 @@ fn status_of(headers: &[(String, String)]) -> Option<u16> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
         206 => "Partial Content",
         401 => "Unauthorized",
         403 => "Forbidden",

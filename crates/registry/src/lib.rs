@@ -13,6 +13,7 @@ mod endpoint;
 mod error;
 pub mod manifest;
 mod probe;
+mod push;
 pub mod reference;
 
 #[cfg(test)]
@@ -30,4 +31,5 @@ pub use endpoint::{Endpoint, RegistryConfig, RetryPolicy, ANY_REGISTRY, DOCKER_H
 pub use error::RegistryError;
 pub use manifest::{media_type, Descriptor, ImageIndex, ImageManifest, Platform};
 pub use probe::{ImageCheck, MirrorProbe, TlsUse};
+pub use push::{push_scope, Mount, UploadBody, UploadPolicy, UploadSession};
 pub use reference::{Reference, ReferenceError};

@@ -168,6 +168,8 @@ impl Client {
             accept: Some(media_type::MANIFEST_ACCEPT),
             range_from: None,
             what: format!("manifest for {r}"),
+            method: reqwest::Method::GET,
+            body: None,
         };
         // A probe must not teach the shared client a challenge or token: use a throwaway client
         // with the same configuration and credentials.

@@ -849,3 +849,239 @@ fn errors_read_well() {
         "invalid reference format: repository name must be lowercase"
     );
 }
+
+/// How the upload registry of [`upload_registry`] misbehaves.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Lie {
+    Nothing,
+    /// Acknowledges less than a chunk sent.
+    ShortRange,
+    /// Announces another digest than the content's.
+    WrongDigest,
+    /// Opens an upload without a Location.
+    NoLocation,
+}
+
+/// A registry that has no blob and takes uploads: the POST's Location is relative, each
+/// PATCH's absolute and carrying the bytes so far; a PUT checks the digest of what came.
+fn upload_registry(
+    lie: Lie,
+    min_chunk: Option<u64>,
+) -> impl Fn(&FakeRequest) -> Reply + Send + Sync + 'static {
+    let received: Arc<Mutex<Vec<u8>>> = Arc::default();
+    move |req| {
+        let host = req.header("host").unwrap_or("").to_string();
+        let path = req.path().to_string();
+        match req.method.as_str() {
+            "HEAD" => Reply::status(404),
+            "POST" if path.ends_with("/blobs/uploads/") => {
+                received.lock().unwrap().clear();
+                if lie == Lie::NoLocation {
+                    return Reply::status(202);
+                }
+                let mut r =
+                    Reply::status(202).header("Location", "/v2/berth/up/blobs/uploads/u1?at=0");
+                if let Some(m) = min_chunk {
+                    r = r.header("OCI-Chunk-Min-Length", &m.to_string());
+                }
+                r
+            }
+            "PATCH" => {
+                let mut got = received.lock().unwrap();
+                got.extend_from_slice(&req.body);
+                let end = got.len() as u64 - 1;
+                let shown = if lie == Lie::ShortRange { end / 2 } else { end };
+                Reply::status(202)
+                    .header(
+                        "Location",
+                        &format!(
+                            "http://{host}/v2/berth/up/blobs/uploads/u1?at={}",
+                            got.len()
+                        ),
+                    )
+                    .header("Range", &format!("0-{shown}"))
+            }
+            "PUT" if path.contains("/blobs/uploads/") => {
+                let mut got = received.lock().unwrap();
+                got.extend_from_slice(&req.body);
+                let digest = digest_of(&got);
+                if Some(&digest) != req.query("digest").as_ref() {
+                    return Reply::json(
+                        400,
+                        serde_json::json!({"errors": [{"code": "DIGEST_INVALID",
+                            "message": "provided digest did not match uploaded content"}]}),
+                    );
+                }
+                let announced = match lie {
+                    Lie::WrongDigest => digest_of(b"something else"),
+                    _ => digest,
+                };
+                Reply::status(201).header("Docker-Content-Digest", &announced)
+            }
+            "PUT" if path.contains("/manifests/") => {
+                let announced = match lie {
+                    Lie::WrongDigest => digest_of(b"something else"),
+                    _ => digest_of(&req.body),
+                };
+                Reply::status(201).header("Docker-Content-Digest", &announced)
+            }
+            _ => Reply::status(404),
+        }
+    }
+}
+
+fn upload_body(bytes: &[u8], piece: usize) -> UploadBody {
+    let pieces: Vec<Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>> = bytes
+        .chunks(piece)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(futures_util::stream::iter(pieces))
+}
+
+#[tokio::test]
+async fn chunked_uploads_follow_locations_and_the_registrys_minimum() {
+    let server = FakeServer::start(upload_registry(Lie::Nothing, Some(3000))).await;
+    let c = client(config());
+    let r = reference(&server, "berth/up:latest");
+    let blob = layer_bytes(10_000);
+    let digest = digest_of(&blob);
+    assert!(!c.blob_exists(&r, &digest).await.unwrap());
+    let policy = UploadPolicy {
+        chunk_threshold: 0,
+        chunk_size: 1000,
+    };
+    c.push_blob(&r, &digest, 10_000, upload_body(&blob, 777), policy, None)
+        .await
+        .unwrap();
+    let reqs = server.requests();
+    let patches: Vec<&FakeRequest> = reqs.iter().filter(|q| q.method == "PATCH").collect();
+    let ranges: Vec<&str> = patches
+        .iter()
+        .map(|q| q.header("content-range").unwrap())
+        .collect();
+    // The registry's minimum (3000) wins over the policy's 1000.
+    assert_eq!(ranges, ["0-2999", "3000-5999", "6000-8999", "9000-9999"]);
+    // The relative Location of the POST, then each PATCH's absolute one.
+    let at: Vec<String> = patches.iter().map(|q| q.query("at").unwrap()).collect();
+    assert_eq!(at, ["0", "3000", "6000", "9000"]);
+    let put = reqs.iter().find(|q| q.method == "PUT").unwrap();
+    assert_eq!(put.query("at").as_deref(), Some("10000"));
+    assert_eq!(put.query("digest"), Some(digest.clone()));
+    assert!(put.body.is_empty());
+    assert_eq!(
+        patches.iter().map(|q| q.body.len()).sum::<usize>(),
+        blob.len()
+    );
+
+    // Below the threshold: one PUT with every byte.
+    let server = FakeServer::start(upload_registry(Lie::Nothing, None)).await;
+    let r = reference(&server, "berth/up:latest");
+    c.push_blob(
+        &r,
+        &digest,
+        10_000,
+        upload_body(&blob, 777),
+        UploadPolicy::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let reqs = server.requests();
+    assert!(!reqs.iter().any(|q| q.method == "PATCH"));
+    let put = reqs.iter().find(|q| q.method == "PUT").unwrap();
+    assert_eq!(&put.body[..], &blob[..]);
+    assert_eq!(put.header("content-type"), Some("application/octet-stream"));
+}
+
+#[tokio::test]
+async fn a_registry_that_lies_about_an_upload_is_an_error() {
+    let c = client(config());
+    let blob = layer_bytes(5000);
+    let digest = digest_of(&blob);
+    let chunked = UploadPolicy {
+        chunk_threshold: 0,
+        chunk_size: 1000,
+    };
+    for (lie, policy, expect) in [
+        (Lie::ShortRange, chunked, "holds bytes 0-499"),
+        (
+            Lie::WrongDigest,
+            UploadPolicy::default(),
+            "what the registry says it stored",
+        ),
+        (
+            Lie::NoLocation,
+            UploadPolicy::default(),
+            "no Location header",
+        ),
+    ] {
+        let server = FakeServer::start(upload_registry(lie, None)).await;
+        let r = reference(&server, "berth/up:latest");
+        let e = c
+            .push_blob(&r, &digest, 5000, upload_body(&blob, 999), policy, None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(expect), "{lie:?}: {e}");
+    }
+
+    // Bytes that do not hash to the digest: the registry's own error, with its code.
+    let server = FakeServer::start(upload_registry(Lie::Nothing, None)).await;
+    let r = reference(&server, "berth/up:latest");
+    let e = c
+        .push_blob(
+            &r,
+            &digest_of(b"other"),
+            5000,
+            upload_body(&blob, 999),
+            UploadPolicy::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("DIGEST_INVALID"), "{e}");
+    // A body that ends before its size never reaches the PUT's end.
+    let e = c
+        .push_blob(
+            &r,
+            &digest,
+            6000,
+            upload_body(&blob, 999),
+            UploadPolicy::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Transport { .. }), "{e}");
+
+    // A manifest stored under another digest than its bytes'.
+    let manifest = br#"{"schemaVersion":2}"#.to_vec();
+    let ok = FakeServer::start(upload_registry(Lie::Nothing, None)).await;
+    let pushed = c
+        .push_manifest(
+            &reference(&ok, "berth/up:latest"),
+            "latest",
+            media_type::OCI_MANIFEST,
+            manifest.clone().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pushed, digest_of(&manifest));
+    let put = ok
+        .requests()
+        .into_iter()
+        .find(|q| q.method == "PUT")
+        .unwrap();
+    assert_eq!(&put.body[..], &manifest[..]);
+    assert_eq!(put.header("content-type"), Some(media_type::OCI_MANIFEST));
+    let liar = FakeServer::start(upload_registry(Lie::WrongDigest, None)).await;
+    let e = c
+        .push_manifest(
+            &reference(&liar, "berth/up:latest"),
+            "latest",
+            media_type::OCI_MANIFEST,
+            manifest.into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::DigestMismatch { .. }), "{e}");
+}

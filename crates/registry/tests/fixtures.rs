@@ -351,3 +351,167 @@ async fn mirror_fallback_with_real_registries() {
     assert_eq!(blob.skipped.len(), 1);
     fetch_and_verify(&c, &r, &res.layers[0]).await;
 }
+
+/// `n` pseudo-random bytes (xorshift, seeded) and their digest.
+fn random_blob(n: usize, seed: u64) -> (bytes::Bytes, String) {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&out)));
+    (out.into(), digest)
+}
+
+/// An upload body handing out `bytes` in pieces of `piece` bytes (not a divisor of the chunk
+/// size, so pieces straddle the chunks).
+fn upload_body(bytes: bytes::Bytes, piece: usize) -> berth_registry::UploadBody {
+    let pieces: Vec<Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>> = bytes
+        .chunks(piece)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(futures_util::stream::iter(pieces))
+}
+
+/// A repository nobody pushed to before.
+fn fresh_repo(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("berth/client-push-{what}-{}-{nanos}", std::process::id())
+}
+
+/// Blobs pushed in chunks (PATCH with Content-Range, then PUT) and in one PUT come back
+/// byte for byte; a manifest pushed over them resolves to the digest of its exact bytes;
+/// content that is not what its digest says, or shorter than its size, is refused.
+#[tokio::test]
+async fn push_blobs_chunked_and_whole_then_a_manifest() {
+    let fx = Fixtures::load().unwrap();
+    for (host_var, creds) in [
+        ("BERTH_FIX_OPEN", None),
+        ("BERTH_FIX_TOKEN", Some(fx.creds("BERTH_FIX_TOKEN"))),
+    ] {
+        let host = fx.var(host_var).to_string();
+        let client = match creds {
+            Some(c) => with_creds(&host, c),
+            None => anonymous(),
+        };
+        let repo = fresh_repo("chunks");
+        let r = Reference::parse(&format!("{host}/{repo}:latest")).unwrap();
+
+        let chunked = berth_registry::UploadPolicy {
+            chunk_threshold: 0,
+            chunk_size: 1 << 20,
+        };
+        let (layer, layer_digest) = random_blob((3 << 20) + 12345, 7);
+        assert!(!client.blob_exists(&r, &layer_digest).await.unwrap());
+        client
+            .push_blob(
+                &r,
+                &layer_digest,
+                layer.len() as u64,
+                upload_body(layer.clone(), 100_003),
+                chunked,
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{host}: chunked upload: {e}"));
+        assert!(client.blob_exists(&r, &layer_digest).await.unwrap());
+        let layer_desc = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: layer_digest.clone(),
+            size: layer.len() as u64,
+            platform: None,
+            urls: None,
+            annotations: None,
+        };
+        assert_eq!(
+            fetch_and_verify(&client, &r, &layer_desc).await,
+            layer.len() as u64
+        );
+
+        let config = bytes::Bytes::from_static(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
+        let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
+        client
+            .push_blob(
+                &r,
+                &config_digest,
+                config.len() as u64,
+                upload_body(config.clone(), 7),
+                berth_registry::UploadPolicy::default(),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{host}: whole upload: {e}"));
+
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_digest}","size":{}}}]}}"#,
+            config.len(),
+            layer.len()
+        );
+        let pushed = client
+            .push_manifest(
+                &r,
+                "latest",
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.clone().into(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{host}: manifest: {e}"));
+        assert_eq!(
+            pushed,
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(manifest.as_bytes()))
+            )
+        );
+        let resolved = client.resolve(&r, &amd64()).await.unwrap();
+        assert_eq!(resolved.repo_digest, pushed);
+        assert_eq!(resolved.manifest.bytes, manifest.as_bytes());
+        assert_eq!(resolved.config.bytes, config);
+
+        // Bytes that are not what the digest says: the registry refuses them at the PUT.
+        let (other, _) = random_blob(4096, 99);
+        let (_, claimed) = random_blob(4096, 100);
+        let e = client
+            .push_blob(
+                &r,
+                &claimed,
+                4096,
+                upload_body(other, 1000),
+                berth_registry::UploadPolicy::default(),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().to_lowercase().contains("digest"),
+            "{host}: {e}"
+        );
+        assert!(!client.blob_exists(&r, &claimed).await.unwrap());
+
+        // A body shorter than its size fails on the way, in either mode.
+        let (short, short_digest) = random_blob(5000, 3);
+        for policy in [chunked, berth_registry::UploadPolicy::default()] {
+            let e = client
+                .push_blob(
+                    &r,
+                    &short_digest,
+                    6000,
+                    upload_body(short.clone(), 999),
+                    policy,
+                    None,
+                )
+                .await
+                .unwrap_err();
+            assert!(!client.blob_exists(&r, &short_digest).await.unwrap(), "{e}");
+        }
+    }
+}
