@@ -1,0 +1,93 @@
+// The browser's backend: plain HTTP to the dev bridge (`ui/bridge/server.mjs`), which forwards
+// `/engine/<path>` to berthd's socket and streams answers chunk by chunk.
+import {
+  EngineError,
+  encodeBody,
+  pathWithQuery,
+  type Backend,
+  type EngineRequest,
+  type EngineResponse,
+  type StreamHandlers,
+} from './types';
+
+export interface HttpBackendOptions {
+  /** Where the bridge is; '' for the origin the UI was served from. */
+  baseUrl?: string;
+  /** The bridge's token (sent as `X-Berth-Token`). */
+  token?: string;
+  fetch?: typeof fetch;
+}
+
+function headersOf(h: Headers): Record<string, string> {
+  const out: Record<string, string> = {};
+  h.forEach((v, k) => {
+    out[k.toLowerCase()] = v;
+  });
+  return out;
+}
+
+export class HttpBackend implements Backend {
+  readonly kind = 'http' as const;
+  private readonly base: string;
+  private readonly token: string | undefined;
+  private readonly fetchFn: typeof fetch;
+
+  constructor(opts: HttpBackendOptions = {}) {
+    this.base = (opts.baseUrl ?? '').replace(/\/$/, '') + '/engine';
+    this.token = opts.token;
+    this.fetchFn = opts.fetch ?? globalThis.fetch.bind(globalThis);
+  }
+
+  private init(req: EngineRequest, signal?: AbortSignal): [string, RequestInit] {
+    const headers: Record<string, string> = { ...(req.headers ?? {}) };
+    if (this.token) headers['X-Berth-Token'] = this.token;
+    const body = encodeBody(req.body);
+    if (body && !Object.keys(headers).some((k) => k.toLowerCase() === 'content-type')) {
+      headers['Content-Type'] = body.contentType;
+    }
+    return [
+      this.base + pathWithQuery(req.path, req.query),
+      { method: req.method, headers, body: body?.text, signal, cache: 'no-store' },
+    ];
+  }
+
+  async request(req: EngineRequest): Promise<EngineResponse> {
+    const [url, init] = this.init(req);
+    let resp: Response;
+    try {
+      resp = await this.fetchFn(url, init);
+    } catch (e) {
+      throw new EngineError(0, `cannot reach the bridge: ${(e as Error).message}`);
+    }
+    return { status: resp.status, headers: headersOf(resp.headers), text: await resp.text() };
+  }
+
+  async stream(req: EngineRequest, handlers: StreamHandlers, signal?: AbortSignal): Promise<void> {
+    const [url, init] = this.init(req, signal);
+    let resp: Response;
+    try {
+      resp = await this.fetchFn(url, init);
+    } catch (e) {
+      if (signal?.aborted) return;
+      throw new EngineError(0, `cannot reach the bridge: ${(e as Error).message}`);
+    }
+    if (resp.status < 200 || resp.status > 299) {
+      throw EngineError.fromResponse(resp.status, await resp.text());
+    }
+    handlers.onOpen?.({ status: resp.status, headers: headersOf(resp.headers) });
+    if (!resp.body) return;
+    const reader = resp.body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        if (value && value.length) handlers.onChunk(value);
+      }
+    } catch (e) {
+      if (signal?.aborted) return;
+      throw new EngineError(0, `the stream broke: ${(e as Error).message}`);
+    } finally {
+      reader.releaseLock();
+    }
+  }
+}

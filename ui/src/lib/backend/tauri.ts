@@ -1,0 +1,159 @@
+// The desktop app's backend: Tauri IPC to the commands `src-tauri/` registers. The shell is an
+// adapter only (it forwards to berthd's socket, maps failures to `{code, message}`), so this
+// is the same request/stream contract as the HTTP bridge. The contract (docs/ui.md):
+//
+//   invoke('engine_request', { request }) -> { status, headers, body }        (body: text)
+//   invoke('engine_stream', { id, request, channel })                           -> null
+//       channel receives { event: 'open', status, headers }
+//                        { event: 'chunk', data }   (data: the bytes, base64)
+//                        { event: 'end' }
+//                        { event: 'error', code, message }
+//       a non-2xx status arrives as 'open' followed by the body's chunks and 'end'.
+//   invoke('engine_stream_cancel', { id })
+//
+// `request` is `EngineRequest` with `body` already serialised to text.
+import { Channel, invoke } from '@tauri-apps/api/core';
+import {
+  EngineError,
+  encodeBody,
+  type Backend,
+  type EngineRequest,
+  type EngineResponse,
+  type QueryValue,
+  type StreamHandlers,
+} from './types';
+
+/** What the Tauri commands receive. */
+export interface IpcRequest {
+  method: string;
+  path: string;
+  query: Record<string, string>;
+  headers: Record<string, string>;
+  body: string | null;
+}
+
+export interface IpcResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+export type IpcStreamEvent =
+  | { event: 'open'; status: number; headers: Record<string, string> }
+  | { event: 'chunk'; data: string }
+  | { event: 'end' }
+  | { event: 'error'; code: string; message: string };
+
+/** How the shell reports a failed command. */
+export interface IpcError {
+  code: string;
+  message: string;
+}
+
+export function toIpcRequest(req: EngineRequest): IpcRequest {
+  const query: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.query ?? {}) as [string, QueryValue][]) {
+    if (v !== undefined && v !== null) query[k] = String(v);
+  }
+  const headers: Record<string, string> = { ...(req.headers ?? {}) };
+  const body = encodeBody(req.body);
+  if (body && !Object.keys(headers).some((k) => k.toLowerCase() === 'content-type')) {
+    headers['Content-Type'] = body.contentType;
+  }
+  return { method: req.method, path: req.path, query, headers, body: body?.text ?? null };
+}
+
+function ipcError(e: unknown): EngineError {
+  if (e && typeof e === 'object' && 'message' in e) {
+    const err = e as IpcError;
+    return new EngineError(0, `${err.code ? err.code + ': ' : ''}${err.message}`, e);
+  }
+  return new EngineError(0, String(e), e);
+}
+
+function fromBase64(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+let streamSeq = 0;
+
+export class TauriBackend implements Backend {
+  readonly kind = 'tauri' as const;
+
+  async request(req: EngineRequest): Promise<EngineResponse> {
+    try {
+      const r = await invoke<IpcResponse>('engine_request', { request: toIpcRequest(req) });
+      return { status: r.status, headers: r.headers, text: r.body };
+    } catch (e) {
+      throw ipcError(e);
+    }
+  }
+
+  stream(req: EngineRequest, handlers: StreamHandlers, signal?: AbortSignal): Promise<void> {
+    const id = `s${Date.now().toString(36)}-${++streamSeq}`;
+    return new Promise<void>((resolve, reject) => {
+      let failedStatus = 0;
+      const errorBody: Uint8Array[] = [];
+      let settled = false;
+      const finish = (err?: EngineError) => {
+        if (settled) return;
+        settled = true;
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onAbort = () => {
+        invoke('engine_stream_cancel', { id }).catch(() => {});
+        finish();
+      };
+      const channel = new Channel<IpcStreamEvent>();
+      channel.onmessage = (m) => {
+        if (settled) return;
+        switch (m.event) {
+          case 'open':
+            if (m.status < 200 || m.status > 299) failedStatus = m.status;
+            else handlers.onOpen?.({ status: m.status, headers: m.headers });
+            break;
+          case 'chunk': {
+            const bytes = fromBase64(m.data);
+            if (failedStatus) errorBody.push(bytes);
+            else handlers.onChunk(bytes);
+            break;
+          }
+          case 'end':
+            if (failedStatus) {
+              const text = new TextDecoder().decode(concat(errorBody));
+              finish(EngineError.fromResponse(failedStatus, text));
+            } else finish();
+            break;
+          case 'error':
+            finish(ipcError(m));
+            break;
+        }
+      };
+      if (signal?.aborted) return finish();
+      signal?.addEventListener('abort', onAbort);
+      invoke('engine_stream', { id, request: toIpcRequest(req), channel }).catch((e) =>
+        finish(ipcError(e)),
+      );
+    });
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Whether the page runs inside the Tauri shell. */
+export function inTauri(): boolean {
+  return typeof window !== 'undefined' && '__TAURI_INTERNALS__' in window;
+}
