@@ -67,6 +67,53 @@ ensure_vhost_vsock() {
   cargo install --locked --quiet vhost-device-vsock
 }
 
+# The UI (ui/): Node 18 or newer with npm, and Debian's chromium for its end-to-end tests
+# (driven by playwright-core: no browser download). Debian's packages only for what is missing,
+# so a Node from elsewhere (nodesource, which brings its own npm) is kept.
+ensure_node() {
+  local missing=()
+  if ! command -v node >/dev/null || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 18 ? 1 : 0)'; then
+    missing+=(nodejs)
+  fi
+  command -v npm >/dev/null || missing+=(npm)
+  [ -x "${BERTH_CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+  [ ${#missing[@]} -eq 0 ] || ensure_apt "${missing[@]}"
+}
+
+# ui/node_modules from the committed package-lock.json (npm ci), again only when the lock changed.
+ensure_ui() {
+  ensure_node
+  local lock="$BERTH_ROOT/ui/package-lock.json" stamp="$BERTH_ROOT/ui/node_modules/.berth-lock-sha256" sum
+  sum=$(sha256sum "$lock" | cut -d' ' -f1)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ] && return 0
+  say "npm ci (ui/)"
+  (cd "$BERTH_ROOT/ui" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$sum" >"$stamp"
+}
+
+# The desktop app (src-tauri/, docs/desktop.md): WebKitGTK 4.1, the tray's appindicator and
+# librsvg to build it; for its WebDriver test Xvfb, Debian's WebKitWebDriver, a D-Bus daemon
+# (the test's own session bus) and tauri-driver (cargo install, about a minute).
+DESKTOP_APT=(pkg-config libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev)
+DESKTOP_TEST_APT=(xvfb webkit2gtk-driver dbus)
+ensure_desktop() {
+  ensure_apt "${DESKTOP_APT[@]}"
+}
+ensure_desktop_test() {
+  ensure_apt "${DESKTOP_APT[@]}" "${DESKTOP_TEST_APT[@]}"
+  command -v tauri-driver >/dev/null && return 0
+  say "cargo install tauri-driver"
+  cargo install --locked --quiet tauri-driver
+}
+
+# ui/dist first (the app embeds it when it is compiled), then src-tauri: a Cargo workspace of its
+# own (its own Cargo.lock), in the shared target dir. The first build takes 4–5 minutes here.
+build_desktop() {
+  say "building the desktop app (ui/dist, then src-tauri)"
+  (cd "$BERTH_ROOT/ui" && npm run --silent build >/dev/null)
+  (cd "$BERTH_ROOT/src-tauri" && cargo build --quiet)
+}
+
 build_workspace() {
   say "building (target dir $CARGO_TARGET_DIR)"
   (cd "$BERTH_ROOT" && cargo build --workspace --bins --quiet)

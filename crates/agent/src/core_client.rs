@@ -212,6 +212,85 @@ impl CoreClient {
         Ok(stream)
     }
 
+    /// Opens a build: after the handshake the caller writes the context's bytes and reads
+    /// [`berth_proto::BuildFrame`]s until the core closes.
+    pub async fn build(
+        &self,
+        request: berth_proto::BuildRequest,
+    ) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(
+            &mut stream,
+            &Hello::new(SOFTWARE, Channel::Build(Box::new(request))),
+        )
+        .await
+        .map_err(handshake_error)?;
+        Ok(stream)
+    }
+
+    /// Follows the core's event log on its own connection: after the handshake it carries
+    /// [`berth_proto::EventsFrame`]s until either side closes it.
+    pub async fn events(
+        &self,
+        request: berth_proto::EventsRequest,
+    ) -> Result<berth_vm::BoxStream, Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, Channel::Events(request)))
+            .await
+            .map_err(handshake_error)?;
+        Ok(stream)
+    }
+
+    /// Reads one stored blob on its own connection: its size, then its bytes as they arrive,
+    /// never held whole (a stream that ends short is an error). A blob the store does not hold
+    /// is the core's refusal (`not_found`).
+    pub async fn read_blob(&self, digest: &str) -> Result<(u64, BlobBytes), Error> {
+        let mut stream = self.backend.dial(CORE_PORT).await.map_err(unavailable)?;
+        let channel = Channel::BlobRead(berth_proto::BlobRead {
+            digest: digest.to_string(),
+        });
+        client_handshake(&mut stream, &Hello::new(SOFTWARE, channel))
+            .await
+            .map_err(handshake_error)?;
+        let header: berth_proto::BlobReadHeader = read_frame(&mut stream)
+            .await
+            .map_err(|e| unavailable(format!("no size for blob {digest}: {e}")))?;
+        let size = header.size;
+        let reader = tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(stream, size),
+            256 << 10,
+        );
+        let digest = digest.to_string();
+        let bytes =
+            futures_util::stream::unfold((reader, 0u64, false), move |(mut reader, got, done)| {
+                let digest = digest.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    match reader.next().await {
+                        Some(Ok(b)) => {
+                            let got = got + b.len() as u64;
+                            Some((Ok(b), (reader, got, false)))
+                        }
+                        Some(Err(e)) => Some((
+                            Err(unavailable(format!("reading blob {digest}: {e}"))),
+                            (reader, got, true),
+                        )),
+                        None if got == size => None,
+                        None => Some((
+                            Err(Error::new(
+                                ErrorCode::DataLoss,
+                                format!("blob {digest} ended after {got} of its {size} bytes"),
+                            )),
+                            (reader, got, true),
+                        )),
+                    }
+                }
+            });
+        Ok((size, Box::pin(bytes)))
+    }
+
     /// Streams one blob to the core on its own connection. `on_bytes` sees the running total.
     pub async fn write_blob<S, E>(
         &self,
@@ -257,6 +336,9 @@ impl CoreClient {
         answer.result.map_err(BlobUploadError::Core)
     }
 }
+
+/// The bytes of a blob read from the core.
+pub type BlobBytes = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobUploadError<E> {

@@ -5,12 +5,15 @@
 #![recursion_limit = "256"]
 
 pub mod admin;
+pub mod archive;
 pub mod core_client;
 pub mod credentials;
 pub mod daemon;
 pub mod docker;
+pub mod events;
 pub mod names;
 pub mod ports;
 pub mod pull;
+pub mod push;
 pub mod settings;
 pub mod supervisor;

@@ -133,6 +133,13 @@ fn qemu_backend(args: &Args, data_root: &std::path::Path) -> anyhow::Result<Qemu
     config.cpus = args.vm_cpus;
     config.memory_mib = args.vm_memory;
     config.data_disk_size = args.vm_disk << 30;
+    // The core's log filter inside the guest (its log goes to the console log).
+    if let Some(filter) = std::env::var("BERTH_GUEST_LOG")
+        .ok()
+        .filter(|f| !f.is_empty())
+    {
+        config.kernel_args.push(format!("berth.log={filter}"));
+    }
     config.vsock_helper = berth_vm::find_program("vhost-device-vsock")
         .context("vhost-device-vsock is not installed (cargo install vhost-device-vsock)")?;
     Ok(QemuBackend::new(config))
@@ -204,6 +211,11 @@ async fn run(
     )?);
     // Containers that kept running while berthd was down get their published ports back.
     daemon.ports.restore(daemon.core.clone()).await;
+    // `docker events` follows the core's event log from here on.
+    let events = tokio::spawn(berth_agent::events::follow_core(
+        daemon.core.clone(),
+        daemon.events.clone(),
+    ));
     tracing::info!(
         "berthd listening on unix://{} ({} backend); try: docker -H unix://{} version",
         socket.display(),
@@ -227,12 +239,13 @@ async fn run(
     daemon::serve(daemon, listener, shutdown).await;
     tracing::info!("berthd stopping");
     supervisor.abort();
+    events.abort();
     if backend.name() != "direct" {
         // The machine is about to power off: containers get their stop signal and timeout
         // first, as `docker stop` gives them, rather than dying with the guest.
         // A core that does not answer (a hung guest) must not keep berthd from stopping.
-        let cap = Duration::from_secs(60);
-        if tokio::time::timeout(cap, stop_running_containers(&core))
+        let cap = berth_agent::supervisor::CONTAINER_STOP_CAP;
+        if tokio::time::timeout(cap, berth_agent::supervisor::stop_running_containers(&core))
             .await
             .is_err()
         {
@@ -242,42 +255,4 @@ async fn run(
     let _ = backend.stop().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
-}
-
-/// `docker stop` for every running container, all at once, each with its own signal and
-/// timeout; returns when all are stopped (or the core stopped answering).
-async fn stop_running_containers(core: &berth_agent::core_client::CoreClient) {
-    use berth_proto::{ContainerRef, ContainerStatus, Request, Response};
-    let Ok(Response::Containers { containers }) =
-        core.call(Request::ContainerList { all: false }).await
-    else {
-        return;
-    };
-    let running: Vec<_> = containers
-        .into_iter()
-        .filter(|c| c.state.status == ContainerStatus::Running)
-        .collect();
-    if running.is_empty() {
-        return;
-    }
-    tracing::info!("stopping {} running container(s)", running.len());
-    let stops = running.iter().map(|c| {
-        core.call(Request::ContainerStop {
-            container: ContainerRef(c.id.clone()),
-            signal: None,
-            timeout: None,
-        })
-    });
-    for (c, result) in running
-        .iter()
-        .zip(futures_util::future::join_all(stops).await)
-    {
-        if let Err(e) = result {
-            tracing::warn!(
-                "stopping container {}: {}",
-                &c.id[..12.min(c.id.len())],
-                e.message
-            );
-        }
-    }
 }

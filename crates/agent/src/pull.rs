@@ -333,6 +333,13 @@ pub async fn fetch(
             )))
         }
     };
+    // Before the last lines: once the client sees the pull end, the event is recorded.
+    let labels = crate::events::image_labels(&String::from_utf8_lossy(&resolved.config.bytes));
+    crate::events::publish(
+        &core,
+        crate::events::pull_event(&reference.to_string(), labels),
+    )
+    .await;
     send(Progress::line(
         None,
         format!("Digest: {}", resolved.repo_digest),

@@ -48,6 +48,7 @@ impl Core {
         network: crate::net::NetworkConfig,
     ) -> Result<Core, Error> {
         let images = ImageService::open(data_root)?;
+        crate::build::clear_leftovers(data_root);
         let shim = match shim_binary {
             Some(p) => p.to_path_buf(),
             None => std::env::current_exe().map_err(|e| {
@@ -117,6 +118,21 @@ impl Core {
             }
             return;
         }
+        // A blob read opens the blob first: one the store does not hold is refused.
+        if let Channel::BlobRead(req) = &hello.channel {
+            match self.images.open_blob(&req.digest) {
+                Ok((file, size)) => {
+                    if write_frame(&mut stream, &welcome).await.is_ok() {
+                        serve_blob_read(stream, file, size).await;
+                    }
+                }
+                Err(error) => {
+                    debug!("blob read refused: {error}");
+                    let _ = write_frame(&mut stream, &HelloReply::Refused { error }).await;
+                }
+            }
+            return;
+        }
         // An exec starts before the welcome: what keeps it from starting is the host's error.
         if let Channel::Exec(req) = hello.channel {
             self.serve_exec(stream, req, welcome).await;
@@ -142,7 +158,16 @@ impl Core {
             } else {
                 None
             };
-            let rx = self.follow_output(container_id, req.logs);
+            let rx = self.follow_output(container_id.clone(), req.logs);
+            // Before the welcome: the host starts the container only after it, and dockerd's
+            // `attach` comes before the `start`.
+            if let Err(e) = self.containers.record_event(
+                &ContainerRef(container_id),
+                "attach",
+                &Default::default(),
+            ) {
+                debug!("attach event: {e}");
+            }
             if write_frame(&mut stream, &welcome).await.is_ok() {
                 // As dockerd: the client's end of input closes the container's stdin only for
                 // StdinOnce containers without a terminal; otherwise it ends this attach.
@@ -161,7 +186,10 @@ impl Core {
             Channel::Attach(_) => unreachable!("handled above"),
             Channel::Exec(_) => unreachable!("handled above"),
             Channel::PortForward(_) => unreachable!("handled above"),
+            Channel::BlobRead(_) => unreachable!("handled above"),
             Channel::Export(_) => self.serve_export(stream, container_id).await,
+            Channel::Events(req) => self.serve_events(stream, req).await,
+            Channel::Build(req) => self.serve_build(stream, *req).await,
         }
     }
 
@@ -186,6 +214,70 @@ impl Core {
         tcp.set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(tcp))
             .map_err(|e| Error::new(ErrorCode::Internal, format!("connected socket: {e}")))
+    }
+
+    /// Records an event the host saw: a container's gets the container's attributes (an
+    /// unknown container is `not_found`), any other is recorded as sent.
+    fn publish_event(&self, ev: berth_proto::Event) -> Result<(), Error> {
+        if ev.kind.is_empty() || ev.action.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "an event needs a type and an action",
+            ));
+        }
+        if ev.kind == berth_proto::CONTAINER_EVENT {
+            self.containers
+                .record_event(&ContainerRef(ev.actor_id), &ev.action, &ev.attributes)?;
+        } else {
+            self.containers
+                .events()
+                .record(&ev.kind, &ev.action, &ev.actor_id, ev.attributes);
+        }
+        Ok(())
+    }
+
+    /// Follows the event log: what was recorded after `req.after`, the `Live` marker, then
+    /// each new event, until the host closes its end. A follower that falls too far behind is
+    /// disconnected (it reconnects and reads what it missed from the log).
+    async fn serve_events<S>(self: Arc<Self>, stream: S, req: berth_proto::EventsRequest)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        use berth_proto::EventsFrame;
+        use tokio::sync::broadcast::error::RecvError;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let (backlog, mut live) = self.containers.events().follow(req.after);
+        for ev in backlog {
+            if write_frame(&mut wr, &EventsFrame::Event(ev)).await.is_err() {
+                return;
+            }
+        }
+        if write_frame(&mut wr, &EventsFrame::Live).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 64];
+        loop {
+            tokio::select! {
+                ev = live.recv() => match ev {
+                    Ok(ev) => {
+                        if write_frame(&mut wr, &EventsFrame::Event(ev)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        warn!("an events follower fell {n} events behind: disconnecting it");
+                        break;
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                n = rd.read(&mut buf) => {
+                    if !matches!(n, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
     }
 
     fn container_id(&self, r: &ContainerRef) -> Result<String, Error> {
@@ -331,6 +423,19 @@ impl Core {
                 }
             }
             Request::DiskUsage => Response::DiskUsage(images.disk_usage()?),
+            Request::VolumeCreate(req) => {
+                Response::Volume(Box::new(self.containers.volume_create(&req)?))
+            }
+            Request::VolumeList { sizes } => Response::Volumes {
+                volumes: self.containers.volume_list(sizes)?,
+            },
+            Request::VolumeInspect { name } => {
+                Response::Volume(Box::new(self.containers.volume_inspect(&name)?))
+            }
+            Request::VolumeRemove { name, force } => {
+                self.containers.volume_remove(&name, force)?;
+                Response::Done
+            }
             Request::ContainerCreate(spec) => {
                 let (id, warnings) = self.containers.create(images, *spec)?;
                 Response::ContainerCreated { id, warnings }
@@ -362,10 +467,10 @@ impl Core {
             Request::ContainerRemove {
                 container,
                 force,
-                // Named volumes do not exist yet: there is nothing else to remove.
-                volumes: _,
+                volumes,
             } => {
-                self.containers.remove(&container, force)?;
+                self.containers
+                    .remove_with_volumes(&container, force, volumes)?;
                 Response::Done
             }
             Request::ContainerList { all } => Response::Containers {
@@ -424,9 +529,19 @@ impl Core {
                 self.containers.rename(&container, &name)?;
                 Response::Done
             }
+            Request::EventPublish(event) => {
+                self.publish_event(*event)?;
+                Response::Done
+            }
+            Request::EventSeq => Response::EventSeq {
+                seq: self.containers.events().seq(),
+            },
             Request::ContainerChanges { container } => Response::Changes {
                 changes: self.containers.changes(&container)?,
             },
+            Request::ContainerCommit(req) => {
+                Response::Image(Box::new(self.containers.commit(images, &req)?))
+            }
         })
     }
 
@@ -725,6 +840,27 @@ impl std::io::Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// `Channel::BlobRead`: the size, then the blob's bytes; a read error closes the stream early.
+async fn serve_blob_read<S>(mut stream: S, file: std::fs::File, size: u64)
+where
+    S: AsyncWrite + Unpin,
+{
+    if write_frame(&mut stream, &berth_proto::BlobReadHeader { size })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let file = tokio::fs::File::from_std(file).take(size);
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+    match tokio::io::copy_buf(&mut reader, &mut stream).await {
+        Ok(n) if n == size => {}
+        Ok(n) => warn!("blob read ended after {n} of {size} bytes"),
+        Err(e) => debug!("blob read: {e}"),
+    }
+    let _ = stream.shutdown().await;
 }
 
 impl Core {

@@ -40,6 +40,10 @@ pub struct ContainerSpec {
     /// Docker's `ExposedPorts` ("80/tcp"), the image's merged in by the host.
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// Docker's `Config.Volumes` of the request: destinations that get an anonymous volume
+    /// (`-v /dst`); the image's are added by the core.
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -53,6 +57,9 @@ pub struct HostSpec {
     pub read_only_rootfs: bool,
     /// Bytes; 0 = unlimited.
     pub memory: i64,
+    /// Memory + swap in bytes (Docker's `MemorySwap`): 0 = twice `memory`, -1 = unlimited.
+    #[serde(default)]
+    pub memory_swap: i64,
     /// CPUs × 1e9; 0 = unlimited.
     pub nano_cpus: i64,
     pub cpu_shares: i64,
@@ -69,6 +76,9 @@ pub struct HostSpec {
     /// `-P`: every exposed port gets a free host port.
     #[serde(default)]
     pub publish_all_ports: bool,
+    /// `--mount` (Docker's `HostConfig.Mounts`).
+    #[serde(default)]
+    pub mounts: Vec<crate::MountSpec>,
 }
 
 /// A container port published on the host. Served by berthd on the host, which forwards each
@@ -137,6 +147,9 @@ pub struct ContainerState {
     /// Why the last start failed, if it did.
     pub error: Option<String>,
     pub restart_count: u64,
+    /// The last run ended with the kernel's OOM killer killing a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// A container as the core knows it: the request, the merged process, the state.
@@ -164,6 +177,9 @@ pub struct ContainerInfo {
     /// [`crate::Request::ContainerPublished`]); empty when not running.
     #[serde(default)]
     pub ports: Vec<PortBinding>,
+    /// Binds, volumes and `--mount` tmpfs, as inspect shows them.
+    #[serde(default)]
+    pub mounts: Vec<crate::MountPoint>,
 }
 
 /// Which containers a request means: an id, an id prefix or a name (with or without '/').

@@ -18,13 +18,19 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod build;
 pub mod container;
+pub mod events;
 pub mod image;
 pub mod stdio;
+pub mod volume;
 
+pub use build::*;
 pub use container::*;
+pub use events::*;
 pub use image::*;
 pub use stdio::*;
+pub use volume::*;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -83,6 +89,12 @@ pub enum Channel {
     PortForward(PortForward),
     /// A tar of a container's file system, raw after the handshake (see [`ExportRequest`]).
     Export(ExportRequest),
+    /// One stored blob: a [`BlobReadHeader`] frame, then its raw bytes (see [`BlobRead`]).
+    BlobRead(BlobRead),
+    /// The event log: [`EventsFrame`]s until the host closes (see [`EventsRequest`]).
+    Events(EventsRequest),
+    /// A build: the context in, [`BuildFrame`]s out (see [`BuildRequest`]).
+    Build(Box<BuildRequest>),
 }
 
 /// The answer to [`Hello`].
@@ -160,6 +172,21 @@ pub enum Request {
         prune: bool,
     },
     DiskUsage,
+    /// Create a volume (an existing one of the same name is answered as it is).
+    VolumeCreate(Box<VolumeCreate>),
+    /// Every volume, with its users; `sizes` also measures each (slower).
+    VolumeList {
+        sizes: bool,
+    },
+    VolumeInspect {
+        name: String,
+    },
+    /// Remove a volume no container uses (`conflict` otherwise, `force` or not, as dockerd;
+    /// `force` only makes a missing volume not an error).
+    VolumeRemove {
+        name: String,
+        force: bool,
+    },
     ContainerCreate(Box<ContainerSpec>),
     ContainerStart {
         container: ContainerRef,
@@ -244,6 +271,14 @@ pub enum Request {
     ContainerChanges {
         container: ContainerRef,
     },
+    /// Record an event the host saw happen (image pulls, tags, removals; a container's
+    /// `restart`) in the core's log; the core numbers and stamps it and, for a container,
+    /// adds its attributes. Answered with `Done`.
+    EventPublish(Box<Event>),
+    /// The number of the newest recorded event; answered with `EventSeq`.
+    EventSeq,
+    /// `docker commit`; answered with `Image` (see [`CommitRequest`]).
+    ContainerCommit(Box<CommitRequest>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,6 +291,8 @@ pub enum Response {
     Images { images: Vec<ImageInfo> },
     Removed { events: Vec<RemoveEvent> },
     DiskUsage(DiskUsage),
+    Volume(Box<VolumeInfo>),
+    Volumes { volumes: Vec<VolumeInfo> },
     Done,
     ContainerCreated { id: String, warnings: Vec<String> },
     Container(Box<ContainerInfo>),
@@ -266,6 +303,7 @@ pub enum Response {
     Top(ContainerTop),
     Stats(Box<StatsSample>),
     Changes { changes: Vec<FsChange> },
+    EventSeq { seq: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

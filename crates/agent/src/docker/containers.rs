@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_proto::{
-    ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, HostSpec, Request, Response,
-    RestartPolicy, WaitCondition,
+    ContainerInfo, ContainerRef, ContainerSpec, ContainerStatus, HostSpec, MountSpec, Request,
+    Response, RestartPolicy, WaitCondition,
 };
 use bytes::Bytes;
 use hyper::{header, Request as HttpRequest, StatusCode};
@@ -40,6 +40,90 @@ fn string_map(v: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Docker's `HostConfig.Mounts` (`--mount`). Volume drivers other than `local` do not exist.
+fn mount_specs(v: &Value) -> Result<Vec<MountSpec>, ApiError> {
+    let Some(list) = v.as_array() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for m in list {
+        let source = m["Source"].as_str().unwrap_or("").to_string();
+        let driver = &m["VolumeOptions"]["DriverConfig"];
+        let name = driver["Name"].as_str().unwrap_or("");
+        if !matches!(name, "" | "local") {
+            return Err(ApiError::not_found(format!(
+                "create {source}: error looking up volume plugin {name}: plugin \"{name}\" not found"
+            )));
+        }
+        if let Some(key) = driver["Options"].as_object().and_then(|o| o.keys().next()) {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "create {source}: the local driver's options are not supported yet ({key:?})"
+                ),
+            ));
+        }
+        out.push(MountSpec {
+            kind: m["Type"].as_str().unwrap_or("").to_string(),
+            source,
+            target: m["Target"].as_str().unwrap_or("").to_string(),
+            read_only: m["ReadOnly"].as_bool().unwrap_or(false),
+            no_copy: m["VolumeOptions"]["NoCopy"].as_bool().unwrap_or(false),
+            labels: string_map(&m["VolumeOptions"]["Labels"]),
+            propagation: m["BindOptions"]["Propagation"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            tmpfs_size: m["TmpfsOptions"]["SizeBytes"].as_i64().unwrap_or(0),
+            tmpfs_mode: m["TmpfsOptions"]["Mode"].as_u64().unwrap_or(0) as u32,
+        });
+    }
+    Ok(out)
+}
+
+/// Docker's `MountPoint`s of a container (inspect's and `docker ps`'s `Mounts`).
+fn mount_points(c: &ContainerInfo) -> Vec<Value> {
+    c.mounts
+        .iter()
+        .map(|m| {
+            let mut v = json!({
+                "Type": m.kind, "Source": m.source, "Destination": m.destination,
+                "Mode": m.mode, "RW": m.rw, "Propagation": m.propagation,
+            });
+            if !m.name.is_empty() {
+                v["Name"] = json!(m.name);
+            }
+            if !m.driver.is_empty() {
+                v["Driver"] = json!(m.driver);
+            }
+            v
+        })
+        .collect()
+}
+
+/// `HostConfig.Mounts` as given (null without any, as dockerd).
+fn host_mounts(h: &HostSpec) -> Value {
+    if h.mounts.is_empty() {
+        return Value::Null;
+    }
+    h.mounts
+        .iter()
+        .map(|m| {
+            let mut v = json!({ "Type": m.kind, "Target": m.target });
+            if !m.source.is_empty() {
+                v["Source"] = json!(m.source);
+            }
+            if m.read_only {
+                v["ReadOnly"] = json!(true);
+            }
+            if m.kind == "volume" {
+                v["VolumeOptions"] = json!({ "NoCopy": m.no_copy, "Labels": m.labels });
+            }
+            v
+        })
+        .collect()
+}
+
 /// The create body (Docker's Config with HostConfig inside) as a [`ContainerSpec`].
 pub fn spec_from_body(
     body: &Value,
@@ -60,6 +144,7 @@ pub fn spec_from_body(
     }
     let port_bindings =
         crate::ports::parse_bindings(&h["PortBindings"]).map_err(ApiError::bad_request)?;
+    let mounts = mount_specs(&h["Mounts"])?;
     if let Some(b) = port_bindings.iter().find(|b| b.protocol != "tcp") {
         return Err(ApiError::bad_request(format!(
             "publishing {} ports is not supported yet ({}): only TCP ports can be published",
@@ -97,6 +182,7 @@ pub fn spec_from_body(
             tmpfs,
             read_only_rootfs: h["ReadonlyRootfs"].as_bool().unwrap_or(false),
             memory: h["Memory"].as_i64().unwrap_or(0),
+            memory_swap: h["MemorySwap"].as_i64().unwrap_or(0),
             nano_cpus: h["NanoCpus"].as_i64().unwrap_or(0),
             cpu_shares: h["CpuShares"].as_i64().unwrap_or(0),
             pids_limit: h["PidsLimit"].as_i64().filter(|p| *p > 0),
@@ -116,8 +202,13 @@ pub fn spec_from_body(
             },
             port_bindings,
             publish_all_ports: h["PublishAllPorts"].as_bool().unwrap_or(false),
+            mounts,
         },
         exposed_ports: exposed.into_iter().collect(),
+        volumes: body["Volumes"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
     })
 }
 
@@ -302,7 +393,22 @@ pub async fn restart(daemon: &Daemon, id: &str, q: &Query) -> ApiResult {
         simple(daemon, stop, id, StatusCode::NO_CONTENT).await?;
         daemon.ports.unpublish(&info.id, None);
     }
-    start_publishing(daemon, &info, id).await
+    let started = start_publishing(daemon, &info, id).await?;
+    // dockerd's `restart` follows the stop's and the start's events; the core adds the
+    // container's attributes.
+    crate::events::publish(
+        &daemon.core,
+        berth_proto::Event {
+            seq: 0,
+            kind: berth_proto::CONTAINER_EVENT.into(),
+            action: "restart".into(),
+            actor_id: info.id.clone(),
+            attributes: Default::default(),
+            time_nano: 0,
+        },
+    )
+    .await;
+    Ok(started)
 }
 
 /// `docker container prune`: removes every container that is not running (label filters
@@ -522,7 +628,7 @@ fn summary(c: &ContainerInfo) -> Value {
         "Status": status_text(c),
         "HostConfig": { "NetworkMode": c.spec.host.network_mode },
         "NetworkSettings": super::net::summary_networks(c),
-        "Mounts": [],
+        "Mounts": mount_points(c),
     })
 }
 
@@ -581,7 +687,7 @@ pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
         "State": {
             "Status": status_word(s.status), "Running": running,
             "Paused": s.status == ContainerStatus::Paused,
-            "Restarting": s.status == ContainerStatus::Restarting, "OOMKilled": false,
+            "Restarting": s.status == ContainerStatus::Restarting, "OOMKilled": s.oom_killed,
             "Dead": s.status == ContainerStatus::Dead, "Pid": if running { s.pid.unwrap_or(0) } else { 0 },
             "ExitCode": s.exit_code.unwrap_or(0), "Error": s.error.clone().unwrap_or_default(),
             "StartedAt": s.started_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
@@ -597,13 +703,14 @@ pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
             "Binds": h.binds, "NetworkMode": h.network_mode, "AutoRemove": h.auto_remove,
             "RestartPolicy": { "Name": h.restart_policy.name, "MaximumRetryCount": h.restart_policy.maximum_retry_count },
             "Privileged": h.privileged, "ReadonlyRootfs": h.read_only_rootfs, "Tmpfs": h.tmpfs,
-            "Memory": h.memory, "NanoCpus": h.nano_cpus, "CpuShares": h.cpu_shares,
+            "Memory": h.memory, "MemorySwap": h.memory_swap, "NanoCpus": h.nano_cpus,
+            "CpuShares": h.cpu_shares, "Mounts": host_mounts(h),
             "PidsLimit": h.pids_limit, "CapAdd": h.cap_add, "CapDrop": h.cap_drop,
             "SecurityOpt": h.security_opt, "Runtime": c.runtime,
             "PortBindings": super::net::port_bindings(&c.spec),
             "PublishAllPorts": h.publish_all_ports,
         },
-        "Mounts": [],
+        "Mounts": mount_points(&c),
         "Config": {
             "Hostname": c.spec.hostname.clone().unwrap_or_else(|| c.id[..12].to_string()),
             "Domainname": c.spec.domainname.clone().unwrap_or_default(),
@@ -612,6 +719,9 @@ pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
             "WorkingDir": c.working_dir, "Entrypoint": c.spec.entrypoint, "Labels": c.spec.labels,
             "StopSignal": c.spec.stop_signal, "StopTimeout": c.spec.stop_timeout,
             "ExposedPorts": super::net::exposed_ports(&c.spec),
+            "Volumes": if c.spec.volumes.is_empty() { Value::Null } else {
+                c.spec.volumes.iter().map(|v| (v.clone(), json!({}))).collect::<serde_json::Map<_, _>>().into()
+            },
         },
         "NetworkSettings": super::net::network_settings(&c),
     });
@@ -746,6 +856,40 @@ mod tests {
         assert_eq!(s.labels["k"], "v");
         let bad = json!({ "Image": "busybox", "HostConfig": { "NetworkMode": "weird" } });
         assert!(spec_from_body(&bad, None, "sha256:ab".into()).is_err());
+    }
+
+    #[test]
+    fn volumes_mounts_and_swap_map_to_the_spec() {
+        let body = json!({
+            "Image": "busybox", "Volumes": { "/anon": {} },
+            "HostConfig": {
+                "Binds": ["data:/data:ro"], "Memory": 67108864, "MemorySwap": -1,
+                "Mounts": [
+                    { "Type": "volume", "Target": "/m", "ReadOnly": true,
+                      "VolumeOptions": { "NoCopy": true, "Labels": { "a": "b" } } },
+                    { "Type": "tmpfs", "Target": "/t",
+                      "TmpfsOptions": { "SizeBytes": 1048576, "Mode": 448 } },
+                ],
+            },
+        });
+        let s = spec_from_body(&body, None, "sha256:ab".into()).unwrap();
+        assert_eq!(s.volumes, ["/anon"]);
+        assert_eq!(s.host.binds, ["data:/data:ro"]);
+        assert_eq!(s.host.memory_swap, -1);
+        let m = &s.host.mounts;
+        assert_eq!((m[0].kind.as_str(), m[0].target.as_str()), ("volume", "/m"));
+        assert!(m[0].read_only && m[0].no_copy && m[0].source.is_empty());
+        assert_eq!(m[0].labels["a"], "b");
+        assert_eq!((m[1].tmpfs_size, m[1].tmpfs_mode), (1 << 20, 0o700));
+        let plugin = json!({ "Image": "busybox", "HostConfig": { "Mounts": [
+            { "Type": "volume", "Source": "v", "Target": "/v",
+              "VolumeOptions": { "DriverConfig": { "Name": "nfs" } } } ] } });
+        let e = spec_from_body(&plugin, None, "sha256:ab".into()).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            e.message,
+            "create v: error looking up volume plugin nfs: plugin \"nfs\" not found"
+        );
     }
 
     #[test]

@@ -12,14 +12,15 @@ use tokio::sync::mpsc;
 
 use super::{json, json_stream, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
+use crate::events;
 use crate::names::{familiar, selector};
 use crate::pull::{self, Progress, PullError};
 
-fn parse_ref(s: &str) -> Result<Reference, ApiError> {
+pub(super) fn parse_ref(s: &str) -> Result<Reference, ApiError> {
     Reference::parse(s).map_err(|e| ApiError::bad_request(format!("invalid reference format: {e}")))
 }
 
-fn registry_error(reference: &Reference, e: &RegistryError) -> ApiError {
+pub(super) fn registry_error(reference: &Reference, e: &RegistryError) -> ApiError {
     let name = familiar(&reference.name());
     if e.is_auth() {
         return ApiError::not_found(format!(
@@ -57,7 +58,7 @@ fn parse_platform(s: &str) -> Result<Platform, ApiError> {
     }
 }
 
-fn progress_line(p: &Progress) -> Bytes {
+pub(super) fn progress_line(p: &Progress) -> Bytes {
     let mut v = Map::new();
     v.insert("status".into(), Value::String(p.status.clone()));
     if let Some((cur, total)) = p.current {
@@ -77,7 +78,7 @@ fn progress_line(p: &Progress) -> Bytes {
     Bytes::from(b)
 }
 
-fn error_line(message: &str) -> Bytes {
+pub(super) fn error_line(message: &str) -> Bytes {
     let mut b =
         serde_json::to_vec(&json!({ "errorDetail": { "message": message }, "error": message }))
             .expect("serialisable");
@@ -246,9 +247,14 @@ pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
         }
     }
     let infos = list_infos(daemon).await?;
+    // As dockerd: the untagged images a build made on the way (with a child) need `-a`.
+    let intermediates = super::build::intermediates(&infos);
     let mut out = Vec::new();
     for info in &infos {
         let dangling = info.repo_tags.is_empty();
+        if !q.bool("all") && intermediates.contains(&info.id) {
+            continue;
+        }
         if let Some(d) = filters.get("dangling") {
             let want = d.iter().any(|v| v == "true" || v == "1");
             if want != dangling {
@@ -473,21 +479,45 @@ pub async fn tag(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
         })
         .await?
     {
-        Response::Done => Ok(super::empty(StatusCode::CREATED)),
+        Response::Done => {
+            let labels = events::image_labels(&info.config);
+            let shown = familiar(&target.to_string());
+            events::publish(
+                &daemon.core,
+                events::image_event("tag", &info.id, &shown, labels),
+            )
+            .await;
+            Ok(super::empty(StatusCode::CREATED))
+        }
         other => Err(unexpected(other)),
     }
 }
 
 pub async fn remove(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
     let sel = selector(name).map_err(|_| ApiError::not_found(format!("No such image: {name}")))?;
+    // The image's id and labels, for the events (gone once it is deleted).
+    let image = match daemon
+        .core
+        .call(Request::ImageInspect {
+            selector: sel.clone(),
+        })
+        .await
+    {
+        Ok(Response::Image(i)) => Some(*i),
+        _ => None,
+    };
+    let by_name = sel.name.clone();
     let req = Request::ImageRemove {
         selector: sel,
         force: q.bool("force"),
         prune: !q.bool("noprune"),
     };
     match daemon.core.call(req).await {
-        Ok(Response::Removed { events }) => {
-            let out: Vec<Value> = events
+        Ok(Response::Removed { events: removed }) => {
+            for event in removal_events(image.as_ref(), by_name.as_deref(), &removed) {
+                events::publish(&daemon.core, event).await;
+            }
+            let out: Vec<Value> = removed
                 .into_iter()
                 .map(|e| match e {
                     berth_proto::RemoveEvent::Untagged(r) => json!({ "Untagged": familiar(&r) }),
@@ -502,6 +532,46 @@ pub async fn remove(daemon: &Daemon, name: &str, q: &Query) -> ApiResult {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The events of an image removal, as dockerd emits them: `untag` (named by the image id) for
+/// the reference removed by name, or for every reference when removed by id (the digest
+/// references that go along with a removed tag have none); `delete` for the image itself (not
+/// for the layers that go with it).
+fn removal_events(
+    image: Option<&ImageInfo>,
+    by_name: Option<&str>,
+    removed: &[berth_proto::RemoveEvent],
+) -> Vec<berth_proto::Event> {
+    use berth_proto::RemoveEvent::{Deleted, Untagged};
+    let Some(image) = image else {
+        return Vec::new();
+    };
+    let labels = events::image_labels(&image.config);
+    let untagged: Vec<&String> = removed
+        .iter()
+        .filter_map(|e| match e {
+            Untagged(r) => Some(r),
+            Deleted(_) => None,
+        })
+        .collect();
+    let named = by_name.is_some_and(|n| untagged.first().is_some_and(|r| *r == n));
+    let untags = if named { 1 } else { untagged.len() };
+    let mut out: Vec<berth_proto::Event> = (0..untags)
+        .map(|_| events::image_event("untag", &image.id, &image.id, labels.clone()))
+        .collect();
+    if removed
+        .iter()
+        .any(|e| matches!(e, Deleted(d) if *d == image.id))
+    {
+        out.push(events::image_event(
+            "delete",
+            &image.id,
+            &image.id,
+            Default::default(),
+        ));
+    }
+    out
 }
 
 pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
@@ -519,13 +589,18 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         .iter()
         .map(|i| summary(i, shared.get(i.id.as_str()).copied(), 0))
         .collect();
+    let volumes: Vec<Value> = super::volumes::list_infos(daemon, true)
+        .await?
+        .iter()
+        .map(super::volumes::volume_usage_json)
+        .collect();
     Ok(json(
         StatusCode::OK,
         &json!({
             "LayersSize": usage.layers_size,
             "Images": images,
             "Containers": [],
-            "Volumes": [],
+            "Volumes": volumes,
             "BuildCache": [],
         }),
     ))
@@ -534,6 +609,42 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_events_as_dockerd() {
+        use berth_proto::RemoveEvent::{Deleted, Untagged};
+        let image = ImageInfo {
+            id: "sha256:aa".into(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            manifest_digest: String::new(),
+            manifest_media_type: String::new(),
+            config: r#"{"config":{"Labels":{"v":"1"}}}"#.into(),
+            layers: vec![],
+            size: 0,
+            stored_at: String::new(),
+            last_tag_time: None,
+        };
+        let name = "docker.io/library/busybox:latest";
+        let removed = [
+            Untagged(name.into()),
+            Untagged("docker.io/library/busybox@sha256:bb".into()),
+            Deleted("sha256:aa".into()),
+            Deleted("sha256:layer".into()),
+        ];
+        let got: Vec<(String, String)> = removal_events(Some(&image), Some(name), &removed)
+            .into_iter()
+            .map(|e| (e.action, e.actor_id))
+            .collect();
+        let want = |a: &str| (a.to_string(), "sha256:aa".to_string());
+        assert_eq!(got, [want("untag"), want("delete")]);
+        // By id: every reference's untag.
+        let by_id = removal_events(Some(&image), None, &removed);
+        assert_eq!(by_id.len(), 3);
+        assert_eq!(by_id[0].attributes["v"], "1");
+        assert_eq!(by_id[0].attributes["name"], "sha256:aa");
+        assert!(!by_id[2].attributes.contains_key("v"));
+    }
 
     #[test]
     fn globbing_like_docker_reference_filter() {

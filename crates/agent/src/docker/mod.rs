@@ -15,12 +15,17 @@ use tokio::sync::mpsc;
 
 use crate::daemon::Daemon;
 
+mod archive;
+mod build;
 mod containers;
+mod events;
 mod exec;
 mod images;
 mod net;
 mod ops;
+mod push;
 mod system;
+mod volumes;
 
 pub use system::decode_registry_auth;
 
@@ -227,6 +232,7 @@ pub async fn handle(daemon: Arc<Daemon>, req: Request<Incoming>) -> Result<Resp,
 }
 
 async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
+    let uri_version_path = req.uri().path().to_string();
     let path = percent_decode(strip_version(req.uri().path())?);
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
@@ -248,6 +254,9 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     if m == Method::POST && p == "/berth/v1/engine/restart-core" {
         return system::restart_core(&daemon).await;
     }
+    if m == Method::POST && p == "/berth/v1/engine/restart-vm" {
+        return system::restart_vm(&daemon).await;
+    }
     if crate::admin::handles(p) {
         return crate::admin::route(daemon, req, p).await;
     }
@@ -255,8 +264,17 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
         let body = read_body(req).await?;
         return system::auth(&daemon, &body).await;
     }
+    if m == Method::GET && p == "/events" {
+        return events::events(daemon, &query).await;
+    }
     if m == Method::GET && p == "/system/df" {
         return images::disk_usage(&daemon).await;
+    }
+    if m == Method::POST && p == "/build" {
+        return build::build(daemon, req).await;
+    }
+    if m == Method::POST && p == "/commit" {
+        return build::commit(&daemon, &query, req).await;
     }
     if m == Method::POST && p == "/images/create" {
         let auth = req
@@ -269,6 +287,13 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     if m == Method::GET && p == "/images/json" {
         return images::list(&daemon, &query).await;
     }
+    if m == Method::GET && p == "/images/get" {
+        let names = archive::names_of(req.uri().query());
+        return archive::save(daemon, names).await;
+    }
+    if m == Method::POST && p == "/images/load" {
+        return archive::load(daemon, req).await;
+    }
     if let Some(rest) = p.strip_prefix("/images/") {
         if m == Method::GET {
             if let Some(name) = rest.strip_suffix("/json") {
@@ -277,14 +302,44 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             if let Some(name) = rest.strip_suffix("/history") {
                 return images::history(&daemon, name).await;
             }
+            if let Some(name) = rest.strip_suffix("/get") {
+                return archive::save(daemon, vec![name.to_string()]).await;
+            }
         }
         if m == Method::POST {
             if let Some(name) = rest.strip_suffix("/tag") {
                 return images::tag(&daemon, name, &query).await;
             }
+            if let Some(name) = rest.strip_suffix("/push") {
+                let auth = req
+                    .headers()
+                    .get("X-Registry-Auth")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                return push::push(daemon, name, &query, auth.as_deref()).await;
+            }
         }
         if m == Method::DELETE {
             return images::remove(&daemon, rest, &query).await;
+        }
+    }
+    if m == Method::GET && p == "/volumes" {
+        return volumes::list(&daemon, &query).await;
+    }
+    if m == Method::POST && p == "/volumes/create" {
+        let body = read_body(req).await?;
+        return volumes::create(&daemon, &body).await;
+    }
+    if m == Method::POST && p == "/volumes/prune" {
+        let version = api_version(&uri_version_path);
+        return volumes::prune(&daemon, &query, version).await;
+    }
+    if let Some(name) = p.strip_prefix("/volumes/").filter(|n| !n.contains('/')) {
+        if m == Method::GET {
+            return volumes::inspect(&daemon, name).await;
+        }
+        if m == Method::DELETE {
+            return volumes::remove(&daemon, name, &query).await;
         }
     }
     if m == Method::GET && p == "/containers/json" {
@@ -334,6 +389,13 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
         };
     }
     Err(ApiError::not_found(format!("page not found: {m} {p}")))
+}
+
+/// The API version a request's path names (`/v1.41/…`), if it names one.
+fn api_version(path: &str) -> Option<(u32, u32)> {
+    let ver = path.strip_prefix("/v")?.split('/').next()?;
+    let (maj, min) = ver.split_once('.')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
 }
 
 fn percent_decode(p: &str) -> String {

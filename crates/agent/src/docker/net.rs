@@ -203,6 +203,7 @@ mod tests {
                 finished_at: None,
                 error: None,
                 restart_count: 0,
+                oom_killed: false,
             },
             runtime: "runc".into(),
             log_path: String::new(),
@@ -219,6 +220,7 @@ mod tests {
                 host_ip: "127.0.0.1".into(),
                 host_port: 32768,
             }],
+            mounts: vec![],
         }
     }
 

@@ -5,7 +5,7 @@
 //! run once by `exec_start` (the supervisor runs `<runtime> exec --detach` and reaps the process),
 //! forgotten when their container is removed (or the core restarts).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -13,14 +13,18 @@ use std::sync::mpsc::{self, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_proto::{read_packet_blocking, ContainerRef, ExecInfo, ExecSpec, Packet};
+use berth_proto::{
+    read_packet_blocking, ContainerRef, ExecInfo, ExecSpec, Packet, CONTAINER_EVENT,
+};
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilitiesBuilder, Process, UserBuilder};
 
 use super::rootfs::RootfsMount;
 use super::shim::{Ready, ROOTFS_FILE};
 use super::stdio::{self, ShimRequest};
 use super::store::ContainerRecord;
-use super::{io_err, process, rootfs, spec, ContainerError, ContainerService, Result, POLL};
+use super::{
+    events, io_err, process, rootfs, spec, ContainerError, ContainerService, Result, POLL,
+};
 
 /// How long a stdin forwarder waits for a run's supervisor to answer on its socket.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
@@ -41,6 +45,9 @@ pub struct ExecEntry {
     state: Mutex<ExecState>,
     /// Packets for the supervisor while the process runs (stdin, its closing, resizes).
     input: Mutex<Option<Sender<Packet>>>,
+    /// Where `exec_die` is recorded, with the container's attributes and the exec's id.
+    events: Arc<crate::events::EventLog>,
+    event_attributes: BTreeMap<String, String>,
 }
 
 impl ExecEntry {
@@ -69,9 +76,16 @@ impl ExecEntry {
         if s.exit_code.is_none() {
             s.exit_code = Some(code);
         }
-        s.running = false;
+        let ended = std::mem::replace(&mut s.running, false);
+        let code = s.exit_code.unwrap_or(code);
         drop(s);
         self.input.lock().expect("exec input").take();
+        if ended {
+            let mut attributes = self.event_attributes.clone();
+            attributes.insert("exitCode".into(), code.to_string());
+            self.events
+                .record(CONTAINER_EVENT, "exec_die", &self.container_id, attributes);
+        }
     }
 }
 
@@ -124,14 +138,19 @@ impl ContainerService {
         }
         let rec = self.running_record(&spec.container)?;
         let id = hex::encode(rand::random::<[u8; 32]>());
+        let event_attributes = events::attributes(&rec, &[("execID", id.clone())]);
+        let action = format!("exec_create: {}", exec_command(&spec.cmd));
         let entry = Arc::new(ExecEntry {
             id: id.clone(),
-            container_id: rec.id,
+            container_id: rec.id.clone(),
             spec,
             state: Mutex::default(),
             input: Mutex::new(None),
+            events: self.events.clone(),
+            event_attributes,
         });
         self.execs.lock().expect("execs").insert(id.clone(), entry);
+        self.emit(&rec, &action, &[("execID", id.clone())]);
         Ok(id)
     }
 
@@ -174,11 +193,22 @@ impl ContainerService {
             s.started = true;
         }
         let started = self.exec_launch(&entry);
-        if let Err(e) = &started {
-            let mut s = entry.state.lock().expect("exec state");
-            match e {
-                ContainerError::StartFailed { exit_code, .. } => s.exit_code = Some(*exit_code),
-                _ => s.started = false,
+        match &started {
+            Ok(_) => {
+                let action = format!("exec_start: {}", exec_command(&entry.spec.cmd));
+                entry.events.record(
+                    CONTAINER_EVENT,
+                    &action,
+                    &entry.container_id,
+                    entry.event_attributes.clone(),
+                );
+            }
+            Err(e) => {
+                let mut s = entry.state.lock().expect("exec state");
+                match e {
+                    ContainerError::StartFailed { exit_code, .. } => s.exit_code = Some(*exit_code),
+                    _ => s.started = false,
+                }
             }
         }
         started
@@ -378,7 +408,14 @@ impl ContainerService {
         let line =
             stdio::read_line(&mut conn).map_err(io_err("reading the supervisor's answer"))?;
         match serde_json::from_str::<stdio::ResizeReply>(&line) {
-            Ok(stdio::ResizeReply { error: None }) => Ok(()),
+            Ok(stdio::ResizeReply { error: None }) => {
+                self.emit(
+                    &rec,
+                    "resize",
+                    &[("height", rows.to_string()), ("width", cols.to_string())],
+                );
+                Ok(())
+            }
             Ok(stdio::ResizeReply { error: Some(e) }) => Err(ContainerError::Internal(format!(
                 "resizing the terminal: {e}"
             ))),
@@ -471,5 +508,13 @@ impl ContainerService {
             }
         });
         Ok(tx)
+    }
+}
+
+/// An exec's command as dockerd names it in its events: the program, a space, the arguments.
+fn exec_command(cmd: &[String]) -> String {
+    match cmd.split_first() {
+        Some((program, args)) => format!("{program} {}", args.join(" ")),
+        None => String::new(),
     }
 }

@@ -17,9 +17,12 @@
 //! ```
 
 pub mod cgroup;
+pub mod commit;
+pub mod events;
 pub mod exec;
 pub mod export;
 pub mod logs;
+pub mod mounts;
 pub mod names;
 pub mod network;
 mod ops;
@@ -27,11 +30,13 @@ pub mod process;
 pub mod restart;
 pub mod rootfs;
 pub mod runtime;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod stdio;
 pub mod store;
 pub mod top;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::fs;
@@ -98,6 +103,9 @@ pub enum ContainerError {
     /// the image service answered with an error
     #[error(transparent)]
     Image(#[from] Error),
+    /// a volume could not be made, found or removed
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// something that should not happen
     #[error("{0}")]
     Internal(String),
@@ -105,6 +113,9 @@ pub enum ContainerError {
 
 impl From<ContainerError> for Error {
     fn from(e: ContainerError) -> Error {
+        if let ContainerError::Volume(v) = e {
+            return v.into();
+        }
         let code = match &e {
             ContainerError::NotFound(_) | ContainerError::ExecNotFound(_) => ErrorCode::NotFound,
             ContainerError::NameInUse { .. } | ContainerError::Conflict(_) => ErrorCode::Conflict,
@@ -131,9 +142,7 @@ impl From<ProcessError> for ContainerError {
 impl From<SpecError> for ContainerError {
     fn from(e: SpecError) -> Self {
         match e {
-            SpecError::NamedVolume(_) | SpecError::Network(_) => {
-                ContainerError::Unsupported(e.to_string())
-            }
+            SpecError::Network(_) => ContainerError::Unsupported(e.to_string()),
             SpecError::Oci(_) => ContainerError::Internal(e.to_string()),
             _ => ContainerError::Invalid(e.to_string()),
         }
@@ -172,6 +181,14 @@ pub struct ContainerService {
     net_lock: Mutex<()>,
     /// Restarts the monitor has scheduled (`restart.rs`): container id → when.
     restarts: Mutex<HashMap<String, Instant>>,
+    /// The volumes containers mount (`crate::volume`, `volumes.rs`).
+    volumes: crate::volume::VolumeStore,
+    /// The event log (`crate::events`; container events in `events.rs`).
+    events: Arc<crate::events::EventLog>,
+    /// The last run whose end was reported, by container (`events.rs`), and the lock that
+    /// makes each report happen once.
+    exits_reported: Mutex<HashMap<String, u64>>,
+    reporting: Mutex<()>,
 }
 
 impl ContainerService {
@@ -219,8 +236,13 @@ impl ContainerService {
             network: crate::net::Network::new(network),
             net_lock: Mutex::new(()),
             restarts: Mutex::new(HashMap::new()),
+            volumes: crate::volume::VolumeStore::open(data_root)?,
+            events: Arc::new(crate::events::EventLog::open(data_root)),
+            exits_reported: Mutex::new(HashMap::new()),
+            reporting: Mutex::new(()),
         });
         svc.remove_orphan_bundles();
+        svc.adopt_exit_records();
         let weak = Arc::downgrade(&svc);
         std::thread::Builder::new()
             .name("auto-remove".into())
@@ -339,6 +361,18 @@ impl ContainerService {
             None => self.free_name()?,
         };
         spec.name = Some(name.clone());
+        let swap_limit = cgroup::swap_limit_supported();
+        if spec.host.memory > 0 && spec.host.memory_swap == 0 && swap_limit {
+            // As dockerd records it: as much swap as memory unless told otherwise.
+            spec.host.memory_swap = spec.host.memory.saturating_mul(2);
+        }
+        let mounts = self.plan_mounts(&spec, &image.config)?;
+        // As dockerd: the image's Volumes are part of the container's Config.Volumes.
+        for v in volumes::image_volumes(&image.config) {
+            if !spec.volumes.contains(&v) {
+                spec.volumes.push(v);
+            }
+        }
         let record = ContainerRecord {
             id: id.clone(),
             name,
@@ -347,6 +381,7 @@ impl ContainerService {
             created: logs::now_rfc3339(),
             runtime: self.default_runtime.clone(),
             layers,
+            mounts,
         };
         let bundle = self.bundle(&id);
         let (oci, spec_warnings) = spec::build(&spec::SpecInput {
@@ -355,24 +390,34 @@ impl ContainerService {
             bundle: &bundle,
             nofile: nofile_limit(),
             cgroup_v2: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+            swap_limit,
         })?;
         warnings.extend(spec_warnings);
 
         // The bundle first, the record last: a create that fails half-way (a full disk) leaves
         // only a directory to delete, which frees space rather than needing it as a database
         // write would. A crash in between leaves a bundle without a record, removed at open.
+        // The volumes are made (and cannot be removed) under the volume lock until the record
+        // that uses them is stored.
+        let volume_lock = self.volumes.lock();
+        let mut made_volumes = Vec::new();
         let written = self
-            .write_bundle(&record, &bundle, &lowers, &oci)
+            .create_volumes(&record.mounts, &mut made_volumes)
+            .and_then(|()| self.write_bundle(&record, &bundle, &lowers, &oci))
             .and_then(|()| {
                 self.store.insert(&record).map_err(|e| match e {
                     StoreError::NameInUse { name, id } => ContainerError::NameInUse { name, id },
                     e => e.into(),
                 })
             });
+        drop(volume_lock);
         if let Err(e) = written {
             let _ = fs::remove_dir_all(&bundle);
+            self.remove_unused_volumes(&made_volumes);
             return Err(e);
         }
+        self.exits_start_at_zero(&id);
+        self.emit(&record, "create", &[]);
         Ok((id, warnings))
     }
 
@@ -429,16 +474,7 @@ impl ContainerService {
         fs::write(bundle.join("hosts"), hosts_file(host_net)).map_err(io_err(ctx("hosts")))?;
         fs::write(bundle.join("resolv.conf"), resolv_conf(host_net))
             .map_err(io_err(ctx("resolv.conf")))?;
-        for b in &rec.spec.host.binds {
-            // As `docker run -v` does: a missing host directory is created.
-            let b = spec::parse_bind(b)?;
-            if !b.source.exists() {
-                fs::create_dir_all(&b.source).map_err(io_err(format!(
-                    "creating bind source {}",
-                    b.source.display()
-                )))?;
-            }
-        }
+        self.write_mount_files(rec, bundle)?;
         let mount = RootfsMount {
             lowers: lowers.to_vec(),
             upper: bundle.join("upper"),
@@ -476,6 +512,7 @@ impl ContainerService {
                     finished_at: None,
                     error: None,
                     restart_count: 0,
+                    oom_killed: false,
                 },
             };
         };
@@ -487,6 +524,7 @@ impl ContainerService {
             finished_at: run.finished_at.clone(),
             error: run.error.clone(),
             restart_count: 0,
+            oom_killed: run.oom_killed,
         };
         let mut running = false;
         match run.phase {
@@ -562,6 +600,7 @@ impl ContainerService {
             ports,
             state,
             runtime: rec.runtime,
+            mounts: rec.mounts.iter().map(|m| m.point()).collect(),
         }
     }
 
@@ -604,6 +643,8 @@ impl ContainerService {
         if view.running {
             return Ok(());
         }
+        // The run before this one ended: its `die` comes before this start.
+        self.report_exit(&rec);
         // The restart record changes under the container's lock only.
         if !by_policy {
             self.user_started(&rec.id);
@@ -624,10 +665,14 @@ impl ContainerService {
             stdin: rec.spec.open_stdin,
             tty: rec.spec.tty,
         };
+        let began = Instant::now();
         self.attach_network(&rec)?;
+        let network = began.elapsed();
         let started = self.run_shim(&args, &bundle);
-        if started.is_err() {
-            self.detach_network(&rec.id);
+        tracing::debug!(container = %rec.id, ?network, total = ?began.elapsed(), "start");
+        match &started {
+            Ok(()) => self.emit(&rec, "start", &[]),
+            Err(_) => self.detach_network(&rec.id),
         }
         started
     }
@@ -681,6 +726,7 @@ impl ContainerService {
     fn signal(&self, rec: &ContainerRecord, sig: i32) -> Result<()> {
         match self.runtime(&rec.runtime).kill(&rec.id, sig) {
             Ok(()) => {
+                self.emit(rec, "kill", &[("signal", sig.to_string())]);
                 self.thaw_after_signal(rec);
                 Ok(())
             }
@@ -694,6 +740,7 @@ impl ContainerService {
     fn kill_and_wait(&self, rec: &ContainerRecord) -> Result<()> {
         self.signal(rec, libc::SIGKILL)?;
         if self.wait_exit(&rec.id, Some(Duration::from_secs(30))) {
+            self.report_exit(rec);
             self.detach_network(&rec.id);
             Ok(())
         } else {
@@ -724,14 +771,17 @@ impl ContainerService {
         self.signal(&rec, sig)?;
         let limit = (timeout >= 0).then(|| Duration::from_secs(timeout as u64));
         if self.wait_exit(&rec.id, limit) {
+            self.report_exit(&rec);
             self.detach_network(&rec.id);
-            return Ok(());
+        } else {
+            tracing::info!(
+                "container {} did not exit within {timeout}s of signal {sig}: killing it",
+                rec.id
+            );
+            self.kill_and_wait(&rec)?;
         }
-        tracing::info!(
-            "container {} did not exit within {timeout}s of signal {sig}: killing it",
-            rec.id
-        );
-        self.kill_and_wait(&rec)
+        self.emit(&rec, "stop", &[]);
+        Ok(())
     }
 
     pub fn kill(&self, r: &ContainerRef, signal: &str) -> Result<()> {
@@ -759,7 +809,7 @@ impl ContainerService {
         condition: WaitCondition,
     ) -> Result<(i64, Option<String>)> {
         let rec = self.find(r)?;
-        let id = rec.id;
+        let id = rec.id.clone();
         let first = self.view(&id);
         let mut last = (
             first.state.exit_code.unwrap_or(0),
@@ -786,8 +836,9 @@ impl ContainerService {
                     // `docker run --rm` waits here: remove at once rather than at the
                     // monitor's next round.
                     if v.generation > 0 && !v.running && rec.spec.host.auto_remove {
-                        if let Err(e) = self.remove(&ContainerRef(id.clone()), true) {
-                            tracing::warn!("auto-removing container {id}: {e}");
+                        match self.remove_with_volumes(&ContainerRef(id.clone()), true, true) {
+                            Ok(()) | Err(ContainerError::NotFound(_)) => {}
+                            Err(e) => tracing::warn!("auto-removing container {id}: {e}"),
                         }
                         continue;
                     }
@@ -795,6 +846,8 @@ impl ContainerService {
                 }
             };
             if done {
+                // The waiter (`docker run`) may look at the events next: the end is in them.
+                self.report_exit(&rec);
                 return Ok(last);
             }
             std::thread::sleep(POLL);
@@ -803,9 +856,20 @@ impl ContainerService {
 
     /// Removes a container; a running one only with `force` (it is killed first).
     pub fn remove(&self, r: &ContainerRef, force: bool) -> Result<()> {
+        self.remove_with_volumes(r, force, false)
+    }
+
+    /// [`ContainerService::remove`]; with `volumes` also its anonymous volumes that no other
+    /// container uses (`docker rm -v`; auto-remove does it too, as dockerd).
+    pub fn remove_with_volumes(&self, r: &ContainerRef, force: bool, volumes: bool) -> Result<()> {
         let rec = self.find(r)?;
         let lock = self.lock(&rec.id);
         let _guard = lock.lock().expect("container lock");
+        // Another removal (`--rm`'s waiter and the monitor both remove) may have finished
+        // while this one waited for the lock: it is gone, and its destroy was said once.
+        if self.store.get(&rec.id)?.is_none() {
+            return Err(ContainerError::NotFound(r.0.clone()));
+        }
         if self.view(&rec.id).running {
             if !force {
                 return Err(ContainerError::Conflict(format!(
@@ -815,6 +879,8 @@ impl ContainerService {
             }
             self.kill_and_wait(&rec)?;
         }
+        // An end the monitor has not reported yet comes before the removal.
+        self.report_exit(&rec);
         let bundle = self.bundle(&rec.id);
         self.detach_network(&rec.id);
         rootfs::unmount(&bundle.join("rootfs"))
@@ -826,13 +892,24 @@ impl ContainerService {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(format!("deleting {}", bundle.display()))(e)),
         }
+        // Before the record goes: a waiter returns as soon as it is gone (`docker run --rm`
+        // then reads the events), and the destroy must already be there.
+        self.emit(&rec, "destroy", &[]);
         self.removed
             .lock()
             .expect("removed")
             .insert(rec.id.clone(), (last.exit_code.unwrap_or(0), last.error));
         self.store.remove(&rec.id)?;
         self.locks.lock().expect("locks").remove(&rec.id);
+        {
+            // Not while the monitor is between looking at this container and reporting it.
+            let _reporting = self.reporting.lock().expect("reporting");
+            self.exits_reported.lock().expect("exits").remove(&rec.id);
+        }
         self.forget_execs(&rec.id);
+        if volumes {
+            self.remove_anonymous_volumes(&rec.mounts);
+        }
         Ok(())
     }
 
@@ -935,8 +1012,9 @@ impl ContainerService {
         for rec in records.iter().filter(|r| r.spec.host.auto_remove) {
             let v = self.view(&rec.id);
             if v.generation > 0 && !v.running {
-                if let Err(e) = self.remove(&ContainerRef(rec.id.clone()), true) {
-                    tracing::warn!("auto-removing container {}: {e}", rec.id);
+                match self.remove_with_volumes(&ContainerRef(rec.id.clone()), true, true) {
+                    Ok(()) | Err(ContainerError::NotFound(_)) => {}
+                    Err(e) => tracing::warn!("auto-removing container {}: {e}", rec.id),
                 }
             }
         }
@@ -949,6 +1027,7 @@ fn monitor(svc: Weak<ContainerService>) {
         let Some(svc) = svc.upgrade() else {
             return;
         };
+        svc.report_exits();
         svc.auto_remove();
         svc.sweep_network();
         svc.apply_restart_policies();

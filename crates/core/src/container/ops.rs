@@ -56,6 +56,7 @@ impl ContainerService {
             )));
         }
         self.runtime(&rec.runtime).pause(&rec.id)?;
+        self.emit(&rec, "pause", &[]);
         Ok(())
     }
 
@@ -71,6 +72,7 @@ impl ContainerService {
             )));
         }
         self.runtime(&rec.runtime).resume(&rec.id)?;
+        self.emit(&rec, "unpause", &[]);
         Ok(())
     }
 
@@ -91,10 +93,13 @@ impl ContainerService {
         let (rec, _) = self.running(r)?;
         let pids = self.runtime(&rec.runtime).ps(&rec.id)?;
         let args = ps_args.trim();
-        if args.is_empty() || args == "-ef" {
-            return Ok(top::ps_ef(&pids));
-        }
-        top::ps_with_args(args, &pids).map_err(ContainerError::Invalid)
+        let table = if args.is_empty() || args == "-ef" {
+            top::ps_ef(&pids)
+        } else {
+            top::ps_with_args(args, &pids).map_err(ContainerError::Invalid)?
+        };
+        self.emit(&rec, "top", &[]);
+        Ok(table)
     }
 
     /// One sample of a running container's resource use; an empty one when it is not running.
@@ -137,7 +142,16 @@ impl ContainerService {
             ));
         }
         match self.store.rename(&rec.id, &new_name) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let old_name = rec.name.clone();
+                let renamed = ContainerRecord {
+                    name: new_name,
+                    ..rec
+                };
+                // dockerd names it with its leading slash.
+                self.emit(&renamed, "rename", &[("oldName", format!("/{old_name}"))]);
+                Ok(())
+            }
             Err(StoreError::NameInUse { name, id }) => Err(ContainerError::Conflict(format!(
                 "Error when allocating new name: {}",
                 ContainerError::NameInUse { name, id }
@@ -146,7 +160,7 @@ impl ContainerService {
         }
     }
 
-    fn rootfs_of(&self, id: &str) -> Result<RootfsMount> {
+    pub(super) fn rootfs_of(&self, id: &str) -> Result<RootfsMount> {
         let path = self.bundle(id).join(shim::ROOTFS_FILE);
         let text = fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
         serde_json::from_slice(&text)
@@ -157,6 +171,16 @@ impl ContainerService {
     pub fn changes(&self, r: &ContainerRef) -> Result<Vec<FsChange>> {
         let rec = self.find(r)?;
         let m = self.rootfs_of(&rec.id)?;
+        Ok(export::changes(
+            &m.upper,
+            &m.lowers,
+            &self.change_skips(&rec),
+        ))
+    }
+
+    /// What is in a container's upper dir but not a change (mount points): left out of `docker
+    /// diff` and of a commit's layer alike.
+    pub(super) fn change_skips(&self, rec: &ContainerRecord) -> BTreeSet<String> {
         let mut skip: BTreeSet<String> =
             RUNTIME_MOUNT_POINTS.iter().map(|s| s.to_string()).collect();
         let dests = rec
@@ -165,11 +189,13 @@ impl ContainerService {
             .binds
             .iter()
             .filter_map(|b| b.split(':').nth(1).map(str::to_string))
-            .chain(rec.spec.host.tmpfs.keys().cloned());
+            .chain(rec.spec.host.tmpfs.keys().cloned())
+            // Volumes (anonymous ones too) and `--mount`s are mount points as well.
+            .chain(rec.mounts.iter().map(|m| m.destination.clone()));
         for d in dests {
             skip.insert(d.trim_matches('/').to_string());
         }
-        Ok(export::changes(&m.upper, &m.lowers, &skip))
+        skip
     }
 
     /// `docker export`: a tar of the container's file system to `out`: the running overlay, or
@@ -180,6 +206,7 @@ impl ContainerService {
         let bundle = self.bundle(&rec.id);
         let target = bundle.join("rootfs");
         let tar_err = |e| io_err(format!("exporting container {}", rec.id))(e);
+        self.emit(&rec, "export", &[]);
         if self.view(&rec.id).running && rootfs::is_mounted(&target) {
             return export::write_tar(&target, out).map_err(tar_err);
         }

@@ -65,6 +65,9 @@ pub struct RunState {
     pub finished_at: Option<String>,
     pub exit_code: Option<i64>,
     pub error: Option<String>,
+    /// The kernel's OOM killer killed a process of the container during the run.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl RunState {
@@ -214,6 +217,7 @@ impl Supervisor {
             finished_at: prev.as_ref().and_then(|p| p.finished_at.clone()),
             exit_code: prev.as_ref().and_then(|p| p.exit_code),
             error: None,
+            oom_killed: false,
         };
         Supervisor {
             args,
@@ -250,6 +254,28 @@ impl Supervisor {
         serde_json::from_slice(&text).map_err(|e| format!("reading {ROOTFS_FILE}: {e}"))
     }
 
+    /// Fills the new, empty volumes with the image's content at their destinations (Docker's
+    /// copy-up), from the mounted rootfs, before the runtime mounts them over it.
+    fn copy_up(&self, rootfs: &RootfsMount) -> Result<(), String> {
+        let list = match fs::read(self.bundle().join(super::mounts::COPY_UP_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("reading {}: {e}", super::mounts::COPY_UP_FILE)),
+        };
+        let list: Vec<super::mounts::CopyUp> = serde_json::from_slice(&list)
+            .map_err(|e| format!("reading {}: {e}", super::mounts::COPY_UP_FILE))?;
+        for c in list {
+            super::mounts::copy_up(&rootfs.target, &c.destination, &c.volume).map_err(|e| {
+                format!(
+                    "copying the image's {} into volume {}: {e}",
+                    c.destination,
+                    c.volume.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     fn fail(&mut self, message: String, rootfs: Option<&RootfsMount>) -> Result<(), ShimError> {
         tracing::warn!("container {}: {message}", self.args.id);
         let _ = self.runtime.delete(&self.args.id, true);
@@ -275,6 +301,8 @@ impl Supervisor {
         std::env::set_current_dir(&self.args.bundle).map_err(io_err("changing into the bundle"))?;
         self.save()?;
         let id = self.args.id.clone();
+        // Where a start spends its time (BERTH_LOG=debug; the log is shim.log in the bundle).
+        let began = std::time::Instant::now();
         let rootfs = match self.rootfs() {
             Ok(r) => r,
             Err(m) => return self.fail(m, None),
@@ -284,6 +312,9 @@ impl Supervisor {
                 format!("mounting the container's rootfs: {e}"),
                 Some(&rootfs),
             );
+        }
+        if let Err(m) = self.copy_up(&rootfs) {
+            return self.fail(m, Some(&rootfs));
         }
         // Orphans of the runtime (the container's init once `create` returns) become ours.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -331,6 +362,7 @@ impl Supervisor {
                 return self.fail(format!("creating pipes: {e}"), Some(&rootfs));
             }
         }
+        tracing::debug!(container = %id, took = ?began.elapsed(), "rootfs mounted");
         let created = {
             // The command owns the child's ends; it is dropped at the end of this block so that
             // only the container holds them afterwards.
@@ -409,9 +441,11 @@ impl Supervisor {
         }
         drop(done_tx);
 
+        tracing::debug!(container = %id, took = ?began.elapsed(), "runtime create done");
         if let Err(e) = self.runtime.start(&id) {
             return self.fail(format!("OCI runtime start failed: {e}"), Some(&rootfs));
         }
+        tracing::debug!(container = %id, took = ?began.elapsed(), "runtime start done");
         // From here on every child is reaped by the reaper (exec processes too).
         let reaper = stdio::Reaper::start();
         let stdin_file = match (&master, stdin_w) {
@@ -441,8 +475,13 @@ impl Supervisor {
         self.state.exit_code = None;
         self.save()?;
         self.tell_core(&Ready::Started { pid: pid as u32 });
+        // Found while the init lives; read once it is gone, before the runtime deletes it.
+        let cgroup = super::cgroup::CgroupPaths::of_pid(pid as u32);
 
         let code = reaper.wait(pid);
+        self.state.oom_killed = cgroup
+            .and_then(|c| c.oom_kills())
+            .is_some_and(|kills| kills > 0);
         let _ = fs::remove_file(stdio::SOCKET);
         // The copiers end when the last writer (the container's processes) is gone; a process
         // that escaped the container could hold a pipe forever, so do not wait for long.
@@ -537,6 +576,7 @@ mod tests {
             finished_at: Some("2026-01-01T00:00:01Z".into()),
             exit_code: Some(3),
             error: None,
+            oom_killed: true,
         };
         s.write(t.path()).unwrap();
         assert_eq!(RunState::read(t.path()).unwrap(), Some(s));
