@@ -375,3 +375,68 @@ fn push_all_tags_sends_every_tag_of_the_repository() {
         busybox["digest"].as_str().unwrap()
     );
 }
+
+/// Issue 7's round trip: pull → run → commit → tag → push to each fixture registry (open,
+/// basic and token auth) → rmi → pull again: the same digest and image id, and the change is
+/// in the pulled image.
+#[test]
+fn pull_run_commit_push_rmi_pull_gives_the_same_image() {
+    let fx = fixtures();
+    let d = Berthd::start(&[]);
+    let base = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    d.docker_ok(&["pull", "-q", &base]);
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "changed",
+        &base,
+        "sh",
+        "-c",
+        "echo committed > /etc/berth-note && rm /etc/hostname.orig 2>/dev/null; true",
+    ]);
+    let id = d
+        .docker_ok(&[
+            "commit",
+            "-m",
+            "round trip",
+            "changed",
+            "berth-roundtrip:v1",
+        ])
+        .trim()
+        .to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let mut pushed = Vec::new();
+    for reg in registries() {
+        login(&d, &reg);
+        let name = format!("{}/{}:v1", reg.host, fresh_repo("commit"));
+        d.docker_ok(&["tag", "berth-roundtrip:v1", &name]);
+        let out = d.docker_ok(&["push", &name]);
+        let digest = out
+            .lines()
+            .find_map(|l| l.split_once("digest: ").map(|(_, r)| r))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{}: no digest in {out}", reg.kind))
+            .to_string();
+        pushed.push((reg.kind, name, digest));
+    }
+    // Every local name goes: the image itself is gone before the pulls.
+    for (_, name, _) in &pushed {
+        d.docker_ok(&["rmi", name]);
+    }
+    d.docker_ok(&["rmi", "berth-roundtrip:v1"]);
+    let gone = d.docker(&["image", "inspect", &id]);
+    assert!(!gone.status.success(), "the committed image is still there");
+    for (kind, name, digest) in &pushed {
+        d.docker_ok(&["pull", "-q", name]);
+        let repo = name.rsplit_once(':').unwrap().0;
+        assert!(
+            repo_digests(&d, name).contains(&format!("{repo}@{digest}")),
+            "{kind}: {:?} lacks {digest}",
+            repo_digests(&d, name)
+        );
+        let pulled = d.docker_ok(&["image", "inspect", "--format", "{{.Id}}", name]);
+        assert_eq!(pulled.trim(), id, "{kind}");
+        let note = d.docker_ok(&["run", "--rm", name, "cat", "/etc/berth-note"]);
+        assert_eq!(note, "committed\n", "{kind}");
+    }
+}
