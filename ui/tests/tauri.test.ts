@@ -14,6 +14,8 @@ vi.mock('@tauri-apps/api/core', () => {
     Channel,
     invoke: vi.fn(async (cmd: string, args: Record<string, unknown>) => {
       calls.push({ cmd, args });
+      if (cmd === 'prefs_get') return { keepEngineRunningOnQuit: true, startAtLogin: false, theme: 'dark', engineBackend: '', window: { w: 1 } };
+      if (cmd === 'prefs_set') return args.value;
       if (cmd === 'engine_request') return { status: 200, headers: { etag: '"x"' }, body: '[]' };
       if (cmd === 'engine_stream') {
         setTimeout(() => onStream?.(args.channel as { onmessage: (m: Msg) => void }), 0);
@@ -76,5 +78,16 @@ describe('TauriBackend', () => {
     await p;
     expect(calls.map((c) => c.cmd)).toEqual(['engine_stream', 'engine_stream_cancel']);
     expect(calls[1].args.id).toBe(calls[0].args.id);
+  });
+
+  it('reads and writes the app preferences through prefs_get / prefs_set', async () => {
+    const b = new TauriBackend();
+    const p = await b.getPrefs();
+    expect(p.theme).toBe('dark');
+    expect(calls[0]).toEqual({ cmd: 'prefs_get', args: undefined });
+    const saved = await b.setPrefs({ ...p, theme: 'light' });
+    expect(calls[1]).toEqual({ cmd: 'prefs_set', args: { value: { ...p, theme: 'light' } } });
+    // Keys the UI does not know (the shell keeps them) go back as they came.
+    expect(saved.window).toEqual({ w: 1 });
   });
 });

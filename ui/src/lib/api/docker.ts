@@ -6,11 +6,14 @@ import { createBody } from './runspec';
 import type {
   ContainerSummary,
   DockerEvent,
+  DockerStats,
   EngineState,
   FieldError,
+  ImageHistoryItem,
   ImageSummary,
   MirrorProbe,
   ProgressMessage,
+  RestartVmResult,
   RunOptions,
   SettingsDocument,
   SettingsRead,
@@ -57,6 +60,16 @@ export class Engine {
   }
 
   // --- containers
+
+  /** One stats object (`stream=false`: berthd takes two samples a second apart, for CPU). */
+  containerStats(id: string): Promise<DockerStats> {
+    return this.call({ method: 'GET', path: `/containers/${encodeURIComponent(id)}/stats`, query: { stream: false } });
+  }
+
+  /** The image's layers, newest first (`docker history`). */
+  imageHistory(name: string): Promise<ImageHistoryItem[]> {
+    return this.call({ method: 'GET', path: `/images/${encodeURIComponent(name)}/history` });
+  }
 
   listContainers(): Promise<ContainerSummary[]> {
     return this.call({ method: 'GET', path: '/containers/json', query: { all: 1 } });
@@ -183,8 +196,17 @@ export class Engine {
   }
 
   /** Replaces the settings document, if it is still the version `etag` names. */
-  async putSettings(doc: SettingsDocument, etag: string): Promise<SettingsWrite> {
-    const r = await this.backend.request({ method: 'PUT', path: '/berth/v1/settings', headers: { 'If-Match': etag }, body: doc });
+  putSettings(doc: SettingsDocument, etag: string): Promise<SettingsWrite> {
+    return this.writeSettings('PUT', doc, etag);
+  }
+
+  /** A JSON merge patch (RFC 7396: `null` removes a key), if the document is still `etag`. */
+  patchSettings(patch: Record<string, unknown>, etag: string): Promise<SettingsWrite> {
+    return this.writeSettings('PATCH', patch, etag);
+  }
+
+  private async writeSettings(method: 'PUT' | 'PATCH', doc: unknown, etag: string): Promise<SettingsWrite> {
+    const r = await this.backend.request({ method, path: '/berth/v1/settings', headers: { 'If-Match': etag }, body: doc });
     const body = (() => {
       try {
         return JSON.parse(r.text) as Record<string, unknown>;
@@ -196,7 +218,7 @@ export class Engine {
       return {
         ok: true,
         etag: r.headers['etag'] ?? String(body.etag ?? '*'),
-        doc: (body.settings ?? doc) as SettingsDocument,
+        doc: (body.settings ?? (method === 'PUT' ? doc : {})) as SettingsDocument,
         message: String(body.message ?? 'saved'),
         restartRequired: (body.restartRequired as string[]) ?? [],
       };
@@ -208,6 +230,14 @@ export class Engine {
       return { ok: false, kind: 'conflict', message: String(body.message ?? 'the settings changed meanwhile'), etag: String(body.etag ?? r.headers['etag'] ?? '') };
     }
     throw EngineError.fromResponse(r.status, r.text);
+  }
+
+  /**
+   * Restarts the VM with the settings' `vm` values. Rejects with an EngineError: 409 on the
+   * direct backend (no VM), 400 when the backend refuses (a smaller disk).
+   */
+  restartVm(): Promise<RestartVmResult> {
+    return this.call({ method: 'POST', path: '/berth/v1/engine/restart-vm' });
   }
 
   testMirror(url: string, image?: string): Promise<MirrorProbe> {

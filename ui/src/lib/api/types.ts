@@ -31,6 +31,23 @@ export interface ImageSummary {
   Labels?: Record<string, string> | null;
 }
 
+/** The fields of Docker's stats object used here. */
+export interface DockerStats {
+  cpu_stats?: { cpu_usage?: { total_usage?: number; percpu_usage?: number[] | null }; system_cpu_usage?: number; online_cpus?: number };
+  precpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number };
+  memory_stats?: { usage?: number; limit?: number; stats?: Record<string, number> };
+}
+
+/** One layer of `GET /images/{name}/history`, newest first. */
+export interface ImageHistoryItem {
+  Id: string;
+  Created: number;
+  CreatedBy: string;
+  Tags: string[] | null;
+  Size: number;
+  Comment: string;
+}
+
 /** One object of `GET /events`, in Docker's shape. */
 export interface DockerEvent {
   Type: string;
@@ -61,6 +78,8 @@ export interface EngineState {
   State: string;
   Health?: unknown;
   Core?: { Software?: string; Version?: string; Error?: string } | null;
+  /** The VM's resources on VM backends; null on the direct backend. */
+  Resources?: VmResources | null;
 }
 
 export interface FieldError {
@@ -74,19 +93,22 @@ export interface ValidationReport {
   warnings: unknown[];
 }
 
-export interface SettingsDocument {
-  'registry-mirrors'?: string[];
-  'insecure-registries'?: string[];
-  registries?: Record<string, RegistrySettings>;
-  [key: string]: unknown;
+// The settings document's types are generated from the Rust types (through the JSON Schema
+// schemars writes): `npm run gen`, docs/ui.md.
+export type { Settings as SettingsDocument, RegistrySettings, VmSettings, Mirror } from './generated/settings';
+import type { Settings as SettingsDocument } from './generated/settings';
+
+/** `GET /berth/v1/engine`'s `Resources` (null on the direct backend). */
+export interface VmResources {
+  Cpus: number;
+  MemoryMiB: number;
+  DiskGiB: number;
 }
 
-export interface RegistrySettings {
-  mirrors?: { url: string }[];
-  'mirror-only'?: boolean;
-  insecure?: boolean;
-  ca?: string;
-  [key: string]: unknown;
+/** `POST /berth/v1/engine/restart-vm`'s answer. */
+export interface RestartVmResult {
+  Resources: VmResources;
+  TookMs: number;
 }
 
 export interface SettingsRead {

@@ -4,6 +4,8 @@ import {
   EngineError,
   encodeBody,
   pathWithQuery,
+  DEFAULT_PREFS,
+  type AppPrefs,
   type Backend,
   type EngineRequest,
   type EngineResponse,
@@ -16,7 +18,11 @@ export interface HttpBackendOptions {
   /** The bridge's token (sent as `X-Berth-Token`). */
   token?: string;
   fetch?: typeof fetch;
+  /** Where the app's preferences are kept (a browser has no app): localStorage by default. */
+  storage?: Pick<Storage, 'getItem' | 'setItem'>;
 }
+
+export const PREFS_KEY = 'berth-app-prefs';
 
 function headersOf(h: Headers): Record<string, string> {
   const out: Record<string, string> = {};
@@ -28,14 +34,43 @@ function headersOf(h: Headers): Record<string, string> {
 
 export class HttpBackend implements Backend {
   readonly kind = 'http' as const;
+
+  async getPrefs(): Promise<AppPrefs> {
+    const store = this.prefsStorage();
+    let stored: Record<string, unknown> = {};
+    try {
+      const text = store?.getItem(PREFS_KEY);
+      if (text) stored = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      // unreadable: the defaults
+    }
+    return { ...DEFAULT_PREFS, ...stored } as AppPrefs;
+  }
+
+  async setPrefs(prefs: AppPrefs): Promise<AppPrefs> {
+    if (!['system', 'light', 'dark'].includes(prefs.theme)) {
+      throw new EngineError(400, `theme: ${JSON.stringify(prefs.theme)} is not one of system, light, dark`);
+    }
+    const value = { ...DEFAULT_PREFS, ...prefs };
+    this.prefsStorage()?.setItem(PREFS_KEY, JSON.stringify(value));
+    return value;
+  }
+
+  private prefsStorage(): Pick<Storage, 'getItem' | 'setItem'> | undefined {
+    if (this.storage) return this.storage;
+    return typeof localStorage === 'undefined' ? undefined : localStorage;
+  }
   private readonly base: string;
   private readonly token: string | undefined;
   private readonly fetchFn: typeof fetch;
+
+  private readonly storage?: Pick<Storage, 'getItem' | 'setItem'>;
 
   constructor(opts: HttpBackendOptions = {}) {
     this.base = (opts.baseUrl ?? '').replace(/\/$/, '') + '/engine';
     this.token = opts.token;
     this.fetchFn = opts.fetch ?? globalThis.fetch.bind(globalThis);
+    this.storage = opts.storage;
   }
 
   private init(req: EngineRequest, signal?: AbortSignal): [string, RequestInit] {

@@ -16,6 +16,7 @@ import { Channel, invoke } from '@tauri-apps/api/core';
 import {
   EngineError,
   encodeBody,
+  type AppPrefs,
   type Backend,
   type EngineRequest,
   type EngineResponse,
@@ -82,6 +83,24 @@ let streamSeq = 0;
 
 export class TauriBackend implements Backend {
   readonly kind = 'tauri' as const;
+
+  /** `prefs_get` → the shell's `Prefs` (camelCase, src-tauri/src/prefs.rs). */
+  async getPrefs(): Promise<AppPrefs> {
+    try {
+      return await invoke<AppPrefs>('prefs_get');
+    } catch (e) {
+      throw ipcError(e);
+    }
+  }
+
+  /** `prefs_set { value }` → the prefs in force (the shell validates, writes start-at-login). */
+  async setPrefs(prefs: AppPrefs): Promise<AppPrefs> {
+    try {
+      return await invoke<AppPrefs>('prefs_set', { value: prefs });
+    } catch (e) {
+      throw ipcError(e);
+    }
+  }
 
   async request(req: EngineRequest): Promise<EngineResponse> {
     try {

@@ -40,8 +40,32 @@ export interface StreamHandlers {
   onChunk(chunk: Uint8Array): void;
 }
 
+/**
+ * The app's own preferences (not berthd's settings). In the desktop app they are the shell's
+ * `desktop.json` (`prefs_get`/`prefs_set`, src-tauri/src/prefs.rs); in a browser, which has no
+ * app, they are kept in localStorage. Keys this version does not know are kept.
+ */
+export interface AppPrefs {
+  keepEngineRunningOnQuit: boolean;
+  startAtLogin: boolean;
+  theme: 'system' | 'light' | 'dark';
+  engineBackend: string;
+  [key: string]: unknown;
+}
+
+export const DEFAULT_PREFS: AppPrefs = {
+  keepEngineRunningOnQuit: true,
+  startAtLogin: false,
+  theme: 'system',
+  engineBackend: '',
+};
+
 export interface Backend {
   readonly kind: 'http' | 'tauri';
+  /** The app's preferences (defaults for keys not stored). */
+  getPrefs(): Promise<AppPrefs>;
+  /** Stores the whole preferences object; resolves to what is now in force. */
+  setPrefs(prefs: AppPrefs): Promise<AppPrefs>;
   /** A request whose whole answer is read. Resolves for every HTTP status. */
   request(req: EngineRequest): Promise<EngineResponse>;
   /**
