@@ -175,6 +175,45 @@ pub fn join_workdir(current: &str, dir: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// The instructions `docker commit --change` and `docker import --change` may use (dockerd's
+/// list).
+pub const CHANGE_COMMANDS: &[&str] = &[
+    "CMD",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "HEALTHCHECK",
+    "LABEL",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// Applies `--change` lines (Dockerfile instructions, one per line) to `config`, as `docker
+/// commit` and `docker import` do; an instruction outside [`CHANGE_COMMANDS`] is dockerd's
+/// "run is not a valid change command".
+pub fn apply_changes(config: &mut Map<String, Value>, changes: &[String]) -> Result<(), String> {
+    let mut state = ConfigState::default();
+    for (i, line) in changes.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ins = crate::parse::instruction(i + 1, line).map_err(|e| e.to_string())?;
+        if !CHANGE_COMMANDS.contains(&ins.keyword.as_str()) {
+            return Err(format!(
+                "{} is not a valid change command",
+                ins.keyword.to_ascii_lowercase()
+            ));
+        }
+        let env = config.clone();
+        apply(config, &mut state, &ins, '\\', &|n| env_value(&env, n))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Applies one config instruction (CMD, ENTRYPOINT, ENV, LABEL, EXPOSE, USER, WORKDIR,
 /// VOLUME, ONBUILD, STOPSIGNAL, HEALTHCHECK, SHELL) to `config`. `lookup` gives the variables
 /// substitution sees (the config's Env and the build's ARGs).
@@ -404,6 +443,18 @@ pub fn apply(
 mod tests {
     use super::*;
     use crate::parse::instruction;
+
+    #[test]
+    fn changes_as_commit_and_import_apply_them() {
+        let mut c = Map::new();
+        let changes = ["CMD [\"cat\", \"/x\"]", "ENV A=b", "", "WORKDIR /w"].map(String::from);
+        apply_changes(&mut c, &changes).unwrap();
+        assert_eq!(c["Cmd"], json!(["cat", "/x"]));
+        assert_eq!(c["Env"], json!(["A=b"]));
+        assert_eq!(c["WorkingDir"], "/w");
+        let err = apply_changes(&mut c, &["RUN true".to_string()]).unwrap_err();
+        assert_eq!(err, "run is not a valid change command");
+    }
 
     fn run(config: &mut Map<String, Value>, lines: &[&str]) {
         let mut st = ConfigState::default();

@@ -28,7 +28,7 @@ use crate::names::familiar;
 use crate::pull::{self, PullError};
 
 /// Every value of a repeatable query parameter (`t`, `changes`), in order.
-fn all_values(query: Option<&str>, key: &str) -> Vec<String> {
+pub(super) fn all_values(query: Option<&str>, key: &str) -> Vec<String> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .filter(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
@@ -119,7 +119,7 @@ pub async fn commit(daemon: &Daemon, q: &Query, req: hyper::Request<Incoming>) -
 
 /// The untagged images another image was made on: a child's history and layers begin with
 /// all of the parent's (each build step, and each commit, adds to its parent's). These are
-/// dockerd's intermediate images, listed with `docker images -a` only.
+/// dockerd's intermediate images, listed with `docker images -a` only (and `docker image prune` removes the ones left without a child).
 pub(super) fn intermediates(infos: &[berth_proto::ImageInfo]) -> std::collections::HashSet<String> {
     let parsed: Vec<(&str, bool, Vec<Value>, Vec<&str>)> = infos
         .iter()

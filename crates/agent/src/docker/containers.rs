@@ -614,7 +614,7 @@ fn shell_join(path: &str, args: &[String]) -> String {
         .join(" ")
 }
 
-fn summary(c: &ContainerInfo) -> Value {
+pub(super) fn summary(c: &ContainerInfo) -> Value {
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name)],

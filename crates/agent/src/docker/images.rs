@@ -115,15 +115,9 @@ fn progress_bar(cur: u64, total: u64) -> String {
     format!("[{bar}] {:>8}/{}", human(cur), human(total))
 }
 
-/// `POST /images/create?fromImage=…&tag=…`: a pull. Resolution errors are HTTP errors; after
+/// `POST /images/create?fromImage=…&tag=…`: a pull (`fromSrc` is an import: `import.rs`). Resolution errors are HTTP errors; after
 /// that, progress streams and a failure is the stream's last line, as with dockerd.
 pub async fn create(daemon: Arc<Daemon>, q: &Query, auth: Option<&str>) -> ApiResult {
-    if q.get("fromSrc").is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "docker import is not supported yet",
-        ));
-    }
     let from = q
         .get("fromImage")
         .filter(|s| !s.is_empty())
@@ -195,14 +189,16 @@ fn created_unix(config: &Value) -> i64 {
 
 fn summary(info: &ImageInfo, shared: Option<u64>, containers: i64) -> Value {
     let config = config_of(info);
+    // As dockerd 20.10: a dangling image is listed as `<none>:<none>` / `<none>@<none>`.
+    let none = info.repo_tags.is_empty() && info.repo_digests.is_empty();
     json!({
         "Containers": containers,
         "Created": created_unix(&config),
         "Id": info.id,
         "Labels": config.pointer("/config/Labels").cloned().unwrap_or(Value::Null),
         "ParentId": "",
-        "RepoDigests": info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
-        "RepoTags": info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>(),
+        "RepoDigests": if none { vec!["<none>@<none>".to_string()] } else { info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>() },
+        "RepoTags": if none { vec!["<none>:<none>".to_string()] } else { info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>() },
         "SharedSize": shared.map(|s| s as i64).unwrap_or(-1),
         "Size": info.size,
         "VirtualSize": info.size,
@@ -574,6 +570,182 @@ fn removal_events(
     out
 }
 
+/// The images another image was made on (its history and layers begin with all of the
+/// other's): what dockerd's parent links say for images built or committed here, and for the
+/// base of one.
+fn with_children(infos: &[ImageInfo]) -> std::collections::HashSet<String> {
+    let parsed: Vec<(&str, Vec<Value>, Vec<&str>)> = infos
+        .iter()
+        .map(|i| {
+            let v = config_of(i);
+            let history = v["history"].as_array().cloned().unwrap_or_default();
+            (
+                i.id.as_str(),
+                history,
+                i.layers.iter().map(|l| l.diff_id.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut out = std::collections::HashSet::new();
+    for (id, h, l) in &parsed {
+        if h.is_empty() {
+            continue;
+        }
+        if parsed.iter().any(|(cid, ch, cl)| {
+            cid != id
+                && ch.len() > h.len()
+                && ch[..h.len()] == h[..]
+                && cl.len() >= l.len()
+                && cl[..l.len()] == l[..]
+        }) {
+            out.insert(id.to_string());
+        }
+    }
+    out
+}
+
+/// `until`: an RFC 3339 time, a Unix time, or a duration before now ("24h").
+fn until_unix(v: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp());
+    }
+    if let Ok(n) = v.split('.').next().unwrap_or(v).parse::<i64>() {
+        return Ok(n);
+    }
+    berth_dockerfile::config::duration_ns(v)
+        .map(|ns| chrono::Utc::now().timestamp() - ns / 1_000_000_000)
+        .map_err(|_| ApiError::bad_request(format!("invalid until filter value: {v}")))
+}
+
+fn labels_match(config: &Value, filters: &HashMap<String, Vec<String>>) -> bool {
+    let have = config
+        .pointer("/config/Labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let m = |l: &String| match l.split_once('=') {
+        Some((k, v)) => have.get(k).and_then(Value::as_str) == Some(v),
+        None => have.contains_key(l),
+    };
+    filters.get("label").is_none_or(|ls| ls.iter().all(m))
+        && filters.get("label!").is_none_or(|ls| !ls.iter().any(m))
+}
+
+async fn layers_size(daemon: &Daemon) -> Result<u64, ApiError> {
+    match daemon.core.call(Request::DiskUsage).await? {
+        Response::DiskUsage(u) => Ok(u.layers_size),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /images/prune?filters=`: as dockerd, by default the dangling images (untagged, with
+/// no image made on them, not used by a container); with `dangling=false` (`-a`) every image
+/// no container uses and no kept image was made on. Removing an image can leave the one under
+/// it (a build's intermediate) without a child: it is looked at again, so a dangling build's
+/// untagged steps go with it, as dockerd's parent pruning does.
+pub async fn prune(daemon: &Daemon, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    for k in filters.keys() {
+        if !["dangling", "until", "label", "label!"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("invalid filter '{k}'")));
+        }
+    }
+    let dangling_only = match filters.get("dangling").and_then(|v| v.first()) {
+        None => true,
+        Some(v) => match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid filter 'dangling={other}'"
+                )))
+            }
+        },
+    };
+    let until = match filters.get("until").and_then(|v| v.first()) {
+        Some(v) => Some(until_unix(v)?),
+        None => None,
+    };
+    let used: std::collections::HashSet<String> = match daemon
+        .core
+        .call(Request::ContainerList { all: true })
+        .await?
+    {
+        Response::Containers { containers } => {
+            containers.into_iter().map(|c| c.spec.image_id).collect()
+        }
+        other => return Err(unexpected(other)),
+    };
+    let before = layers_size(daemon).await?;
+    let mut deleted: Vec<Value> = Vec::new();
+    let mut tried = std::collections::HashSet::new();
+    loop {
+        let infos = list_infos(daemon).await?;
+        let parents = with_children(&infos);
+        let mut progress = false;
+        for info in &infos {
+            if used.contains(&info.id) || parents.contains(&info.id) || tried.contains(&info.id) {
+                continue;
+            }
+            if dangling_only && !(info.repo_tags.is_empty() && info.repo_digests.is_empty()) {
+                continue;
+            }
+            let config = config_of(info);
+            if until.is_some_and(|u| created_unix(&config) >= u) || !labels_match(&config, &filters)
+            {
+                continue;
+            }
+            tried.insert(info.id.clone());
+            let req = Request::ImageRemove {
+                selector: berth_proto::ImageSelector {
+                    name: None,
+                    id_prefix: Some(info.id.clone()),
+                },
+                force: true,
+                prune: true,
+            };
+            match daemon.core.call(req).await {
+                Ok(Response::Removed { events: removed }) => {
+                    for event in removal_events(Some(info), None, &removed) {
+                        events::publish(&daemon.core, event).await;
+                    }
+                    deleted.extend(removed.into_iter().map(|e| match e {
+                        berth_proto::RemoveEvent::Untagged(r) => {
+                            json!({ "Untagged": familiar(&r) })
+                        }
+                        berth_proto::RemoveEvent::Deleted(d) => json!({ "Deleted": d }),
+                    }));
+                    progress = true;
+                }
+                Ok(other) => return Err(unexpected(other)),
+                // Taken into use (or removed) since the listing: not ours to prune.
+                Err(e) => tracing::debug!("image prune skipped {}: {e}", info.id),
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    let after = layers_size(daemon).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "ImagesDeleted": if deleted.is_empty() { Value::Null } else { Value::Array(deleted) },
+            "SpaceReclaimed": before.saturating_sub(after),
+        }),
+    ))
+}
+
+/// `POST /build/prune`: Berth's build cache is the intermediate images of builds (a cache
+/// entry is a step's image id, used while that image is stored), so it is pruned with the
+/// images (`docker image prune`); there is nothing else to delete here.
+pub async fn build_prune(_daemon: &Daemon) -> ApiResult {
+    Ok(json(
+        StatusCode::OK,
+        &json!({ "CachesDeleted": null, "SpaceReclaimed": 0 }),
+    ))
+}
+
 pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
     let usage = match daemon.core.call(Request::DiskUsage).await? {
         Response::DiskUsage(u) => u,
@@ -585,9 +757,35 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         .iter()
         .map(|u| (u.id.as_str(), u.shared_size))
         .collect();
+    let containers = match daemon
+        .core
+        .call(Request::ContainerList { all: true })
+        .await?
+    {
+        Response::Containers { containers } => containers,
+        other => return Err(unexpected(other)),
+    };
     let images: Vec<Value> = infos
         .iter()
-        .map(|i| summary(i, shared.get(i.id.as_str()).copied(), 0))
+        .map(|i| {
+            let n = containers
+                .iter()
+                .filter(|c| c.spec.image_id == i.id)
+                .count();
+            summary(i, shared.get(i.id.as_str()).copied(), n as i64)
+        })
+        .collect();
+    let size_of: HashMap<&str, u64> = infos.iter().map(|i| (i.id.as_str(), i.size)).collect();
+    let containers: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let root = size_of.get(c.spec.image_id.as_str()).copied().unwrap_or(0);
+            let mut v = super::containers::summary(c);
+            // The writable layer's size is not measured by the core yet.
+            v["SizeRw"] = json!(0);
+            v["SizeRootFs"] = json!(root);
+            v
+        })
         .collect();
     let volumes: Vec<Value> = super::volumes::list_infos(daemon, true)
         .await?
@@ -599,7 +797,7 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         &json!({
             "LayersSize": usage.layers_size,
             "Images": images,
-            "Containers": [],
+            "Containers": containers,
             "Volumes": volumes,
             "BuildCache": [],
         }),

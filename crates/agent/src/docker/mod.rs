@@ -21,6 +21,7 @@ mod containers;
 mod events;
 mod exec;
 mod images;
+mod import;
 mod net;
 mod ops;
 mod push;
@@ -276,6 +277,9 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
     if m == Method::POST && p == "/commit" {
         return build::commit(&daemon, &query, req).await;
     }
+    if m == Method::POST && p == "/images/create" && query.get("fromSrc").is_some() {
+        return import::import(daemon, &query, req).await;
+    }
     if m == Method::POST && p == "/images/create" {
         let auth = req
             .headers()
@@ -283,6 +287,19 @@ async fn route(daemon: Arc<Daemon>, req: Request<Incoming>) -> ApiResult {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         return images::create(daemon, &query, auth.as_deref()).await;
+    }
+    if m == Method::POST && p == "/images/prune" {
+        return images::prune(&daemon, &query).await;
+    }
+    if m == Method::POST && p == "/build/prune" {
+        return images::build_prune(&daemon).await;
+    }
+    if m == Method::POST && p == "/networks/prune" {
+        // One bridge, made by Berth: nothing a user created to prune.
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "NetworksDeleted": null }),
+        ));
     }
     if m == Method::GET && p == "/images/json" {
         return images::list(&daemon, &query).await;

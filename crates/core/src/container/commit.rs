@@ -2,8 +2,7 @@
 //! meanwhile unless told otherwise), with the container's config, the request's and the
 //! `--change` lines merged as dockerd merges them.
 
-use berth_dockerfile::config::{apply, env_value, ConfigState};
-use berth_dockerfile::parse::instruction;
+use berth_dockerfile::config::apply_changes;
 use berth_proto::{CommitRequest, ImageInfo, ImageSelector, LayerRef};
 use serde_json::{json, Map, Value};
 
@@ -13,21 +12,6 @@ use crate::images::ImageService;
 use crate::layer::{config_of, create_image, store_layer, History};
 
 type Result<T, E = ContainerError> = std::result::Result<T, E>;
-
-/// The instructions `--change` may use (dockerd's list).
-const CHANGE_COMMANDS: &[&str] = &[
-    "CMD",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "HEALTHCHECK",
-    "LABEL",
-    "ONBUILD",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-];
 
 /// The container's own `Config`, as dockerd keeps it: the image's with the create request's
 /// settings merged in.
@@ -112,22 +96,7 @@ pub fn commit_config(
             }
         }
     }
-    let mut state = ConfigState::default();
-    for (i, line) in changes.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let ins = instruction(i + 1, line).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        if !CHANGE_COMMANDS.contains(&ins.keyword.as_str()) {
-            return Err(ContainerError::Invalid(format!(
-                "{} is not a valid change command",
-                ins.keyword.to_ascii_lowercase()
-            )));
-        }
-        let env = c.clone();
-        apply(&mut c, &mut state, &ins, '\\', &|n| env_value(&env, n))
-            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    }
+    apply_changes(&mut c, changes).map_err(ContainerError::Invalid)?;
     // As dockerd's merge: a Cmd the changes cleared (ENTRYPOINT) comes back from the container.
     if c.get("Cmd").is_none_or(is_unset) {
         if let Some(cmd) = container.get("Cmd").filter(|v| !is_unset(v)) {
