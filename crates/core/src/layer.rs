@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -100,32 +100,8 @@ fn tar_changes(
                 b.append_data(&mut o, rel.join(".wh..wh..opq"), io::empty())?;
             }
             tar_changes(b, upper, &rel, changed, links)?;
-        } else if ft.is_symlink() {
-            h.set_size(0);
-            b.append_link(&mut h, &rel, fs::read_link(&abs)?)?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                let id = (meta.dev(), meta.ino());
-                if let Some(first) = links.get(&id) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, &rel, first)?;
-                    continue;
-                }
-                links.insert(id, rel.clone());
-            }
-            let size = meta.len();
-            let f = fs::File::open(&abs)?;
-            // Cut or padded to the header's size should the file change meanwhile.
-            let data = f.take(size).chain(io::repeat(0)).take(size);
-            b.append_data(&mut h, &rel, data)?;
         } else {
-            if ft.is_char_device() || ft.is_block_device() {
-                h.set_device_major(libc::major(meta.rdev()))?;
-                h.set_device_minor(libc::minor(meta.rdev()))?;
-            }
-            h.set_size(0);
-            b.append_data(&mut h, &rel, io::empty())?;
+            crate::container::export::append_entry(b, &abs, &rel, &meta, h, links)?;
         }
     }
     Ok(())

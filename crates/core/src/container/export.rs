@@ -142,45 +142,58 @@ fn tar_dir(
             h.set_size(0);
             b.append_data(&mut h, &rel, io::empty())?;
             tar_dir(b, root, &rel, links)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&abs)?;
-            h.set_size(0);
-            b.append_link(&mut h, &rel, target)?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = links.get(&key) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, &rel, first)?;
-                    continue;
-                }
-                links.insert(key, rel.clone());
-            }
-            match fs::File::open(&abs) {
-                Ok(f) => {
-                    // The header's size is the file's: a file that grows or shrinks meanwhile
-                    // is cut or padded by `take`/`chain` so the archive stays well formed.
-                    use std::io::Read;
-                    let size = meta.len();
-                    let padded = f.take(size).chain(io::repeat(0)).take(size);
-                    b.append_data(&mut h, &rel, padded)?;
-                }
+        } else {
+            match append_entry(b, &abs, &rel, &meta, h, links) {
+                Ok(()) => {}
+                // Removed by a running container since the listing.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
-        } else {
-            // Devices and fifos: no data.
-            if ft.is_char_device() || ft.is_block_device() {
-                let rdev = meta.rdev();
-                h.set_device_major(libc::major(rdev))?;
-                h.set_device_minor(libc::minor(rdev))?;
-            }
-            h.set_size(0);
-            b.append_data(&mut h, &rel, io::empty())?;
         }
     }
     Ok(())
+}
+
+/// Appends one entry that is not a directory — a symlink, a regular file (a hard link to the
+/// first path seen for the same inode in `links`), a device or a fifo — with `header` already
+/// holding its metadata. A file that grows or shrinks meanwhile is cut or padded to the
+/// header's size so the archive stays well formed. Shared by `docker export` and the layers
+/// `docker commit` and builds make (`crate::layer`).
+pub(crate) fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    abs: &Path,
+    rel: &Path,
+    meta: &fs::Metadata,
+    mut h: tar::Header,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> io::Result<()> {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        h.set_size(0);
+        return b.append_link(&mut h, rel, fs::read_link(abs)?);
+    }
+    if ft.is_file() {
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = links.get(&key) {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                return b.append_link(&mut h, rel, first);
+            }
+            links.insert(key, rel.to_path_buf());
+        }
+        use std::io::Read;
+        let size = meta.len();
+        let f = fs::File::open(abs)?;
+        return b.append_data(&mut h, rel, f.take(size).chain(io::repeat(0)).take(size));
+    }
+    // Devices and fifos: no data.
+    if ft.is_char_device() || ft.is_block_device() {
+        h.set_device_major(libc::major(meta.rdev()))?;
+        h.set_device_minor(libc::minor(meta.rdev()))?;
+    }
+    h.set_size(0);
+    b.append_data(&mut h, rel, io::empty())
 }
 
 /// Mounts the read-only overlay of `upper` over `lowers` (top first) at `target` in a private
