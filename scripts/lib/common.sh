@@ -34,7 +34,8 @@ ensure_rust() {
 }
 
 # What berthd and berth-core need at run time on the direct backend.
-RUNTIME_APT=(ca-certificates)
+# The OCI runtimes: crun where it can run (faster), runc otherwise (docs/containers.md).
+RUNTIME_APT=(ca-certificates crun runc)
 # What the tests and fixtures need on top.
 # docker.io: Debian's dockerd 20.10, the reference the tests compare with (started by hand).
 # gnome-keyring, dbus, libsecret-tools: a real Secret Service for the keyring test (its own

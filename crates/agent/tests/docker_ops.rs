@@ -628,3 +628,142 @@ fn the_default_seccomp_profile_refuses_new_namespaces() {
     assert!(err.contains("invalid seccomp profile"), "{err}");
     assert_eq!(d.docker_ok(&["ps", "-aq"]), before, "no container is left");
 }
+
+/// Issue 3: crun where it can run (on this hybrid-cgroup host too, without the unified
+/// hierarchy: docs/containers.md "Which runtime"), and runc, the fallback, runs the same
+/// containers: `BERTH_RUNTIME=runc` through run, exec, pause, stats, a memory limit and stop.
+#[test]
+fn crun_is_preferred_and_runc_still_runs_the_same_containers() {
+    if harness::skip_unless_direct("the runtime choice of the host's core") {
+        return;
+    }
+    let image = busybox();
+    let crun_installed = Command::new("crun").arg("--version").output().is_ok();
+    let d = Berthd::start(&[]);
+    let default = d.docker_ok(&["info", "-f", "{{.DefaultRuntime}}"]);
+    if crun_installed {
+        assert_eq!(
+            default.trim(),
+            "crun",
+            "crun is installed, so the core chose it"
+        );
+    }
+    drop(d);
+
+    let d = Berthd::start_with_env(&[], &[("BERTH_RUNTIME", "runc")]);
+    assert_eq!(
+        d.docker_ok(&["info", "-f", "{{.DefaultRuntime}}"]).trim(),
+        "runc"
+    );
+    d.docker_ok(&["pull", "-q", &image]);
+    let out = d.docker_ok(&["run", "--rm", &image, "echo", "through-runc"]);
+    assert_eq!(out.trim(), "through-runc");
+    d.docker_ok(&[
+        "run", "-d", "--name", "rc1", "-m", "64m", &image, "sleep", "1000",
+    ]);
+    assert_eq!(d.docker_ok(&["exec", "rc1", "echo", "ok"]).trim(), "ok");
+    d.docker_ok(&["pause", "rc1"]);
+    assert_eq!(inspect(&d, "rc1")["State"]["Status"], "paused");
+    d.docker_ok(&["unpause", "rc1"]);
+    let mem = d.docker_ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "rc1"]);
+    assert!(mem.contains("/ 64MiB"), "{mem}");
+    d.docker_ok(&["stop", "-t", "1", "rc1"]);
+    d.docker_ok(&["rm", "rc1"]);
+}
+
+/// Prints 1 to 400, a line each (the fixture's busybox has no `seq`).
+const COUNT_TO_400: &str = "i=1; while [ $i -le 400 ]; do echo $i; i=$((i+1)); done";
+
+/// Issue 3: logs are size-capped with rotation (json-file's `max-size`/`max-file`, 10 MiB × 3
+/// by default): what `docker logs` shows is the newest lines, contiguous; `logs -f` follows
+/// across rotations without a gap; bad options and other drivers are refused at create.
+#[test]
+fn logs_rotate_at_their_size_and_follow_across_rotations() {
+    let d = Berthd::start(&[]);
+    let image = busybox();
+    d.docker_ok(&["pull", "-q", &image]);
+
+    // 400 lines of ~70 bytes each into files of 2 KiB, two kept.
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "rot1",
+        "--log-opt",
+        "max-size=2k",
+        "--log-opt",
+        "max-file=2",
+        &image,
+        "sh",
+        "-c",
+        COUNT_TO_400,
+    ]);
+    let c = inspect(&d, "rot1");
+    assert_eq!(c["HostConfig"]["LogConfig"]["Type"], "json-file");
+    assert_eq!(c["HostConfig"]["LogConfig"]["Config"]["max-size"], "2k");
+    let out = d.docker_ok(&["logs", "rot1"]);
+    let lines: Vec<u32> = out.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        lines.len() < 100,
+        "rotated away: {} lines kept",
+        lines.len()
+    );
+    assert_eq!(*lines.last().unwrap(), 400);
+    assert!(lines.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+    if harness::test_backend() == "direct" {
+        let log = std::path::PathBuf::from(c["LogPath"].as_str().unwrap());
+        let rotated =
+            log.with_file_name(format!("{}.1", log.file_name().unwrap().to_string_lossy()));
+        for f in [&log, &rotated] {
+            let len = std::fs::metadata(f).unwrap().len();
+            assert!(len > 0 && len <= 2048, "{}: {len} bytes", f.display());
+        }
+        assert!(!log.with_extension("log.2").exists());
+    }
+    // The default keeps everything this small.
+    d.docker_ok(&["run", "--name", "rot2", &image, "sh", "-c", COUNT_TO_400]);
+    assert_eq!(d.docker_ok(&["logs", "rot2"]).lines().count(), 400);
+
+    // A follower started before the output (the container waits a little first) sees every
+    // line across many rotations.
+    let id = d
+        .docker_ok(&[
+            "create", "--log-opt", "max-size=1k", "--log-opt", "max-file=3", &image, "sh", "-c",
+            "sleep 1; i=1; while [ $i -le 300 ]; do echo $i; [ $((i % 20)) = 0 ] && sleep 0.05; i=$((i+1)); done",
+        ])
+        .trim()
+        .to_string();
+    d.docker_ok(&["start", &id]);
+    let follower = d
+        .docker_cmd(&["logs", "-f", &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follower.wait_with_output().unwrap();
+    let followed: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(followed, (1..=300).collect::<Vec<u32>>());
+
+    for (opts, says) in [
+        (&["--log-opt", "max-size=10x"][..], "invalid max-size"),
+        (
+            &["--log-opt", "max-file=3"],
+            "max-file can only be set when max-size is set",
+        ),
+        (
+            &["--log-opt", "compress=true"],
+            "unknown log opt 'compress'",
+        ),
+        (
+            &["--log-driver", "syslog"],
+            "logging driver \"syslog\" is not supported",
+        ),
+    ] {
+        let mut args = vec!["create"];
+        args.extend_from_slice(opts);
+        args.push(&image);
+        let err = docker_err(&d, &args);
+        assert!(err.contains(says), "{opts:?}: {err}");
+    }
+}

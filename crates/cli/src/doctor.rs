@@ -324,29 +324,39 @@ fn runtime(missing: Level) -> Check {
     };
     let crun = find_program("crun");
     let runc = find_program("runc");
-    match (pure_v2, crun, runc) {
-        (true, Some(p), _) | (false, _, Some(p)) => check(
+    match (crun, runc) {
+        (Some(p), _) if pure_v2 => check(
             Level::Ok,
             "oci runtime",
             format!("{} for the direct backend ({layout})", p.display()),
         ),
-        (true, None, Some(p)) => check(
+        // berth-core runs crun's commands in a mount namespace without the hybrid host's
+        // unified hierarchy (crun refuses it otherwise); where that namespace cannot be made
+        // it falls back to runc.
+        (Some(p), runc) => check(
             Level::Ok,
             "oci runtime",
             format!(
-                "{} for the direct backend ({layout}; crun not installed)",
+                "{} for the direct backend ({layout}: crun sees only the v1 hierarchies; {})",
+                p.display(),
+                match runc {
+                    Some(_) => "runc if that fails",
+                    None => "install runc as the fallback",
+                }
+            ),
+        ),
+        (None, Some(p)) => check(
+            Level::Ok,
+            "oci runtime",
+            format!(
+                "{} for the direct backend ({layout}; crun, the faster one, is not installed)",
                 p.display()
             ),
         ),
-        (false, Some(_), None) => check(
+        (None, None) => check(
             missing,
             "oci runtime",
-            format!("only crun is installed and it refuses {layout}: install runc"),
-        ),
-        (_, None, None) => check(
-            missing,
-            "oci runtime",
-            "neither runc nor crun is installed (needed by the direct backend)",
+            "neither crun nor runc is installed (needed by the direct backend)",
         ),
     }
 }

@@ -79,6 +79,90 @@ pub struct HostSpec {
     /// `--mount` (Docker's `HostConfig.Mounts`).
     #[serde(default)]
     pub mounts: Vec<crate::MountSpec>,
+    /// `--log-opt` (Docker's `HostConfig.LogConfig.Config` of the json-file driver), as given:
+    /// checked by [`LogLimits::from_opts`] when the container is created.
+    #[serde(default)]
+    pub log_opts: BTreeMap<String, String>,
+}
+
+/// How big a container's json-file log grows: it rotates when the next entry would take the
+/// file past `max_size` bytes (0: never), keeping `max_files` files, the current one included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub max_files: u32,
+}
+
+impl LogLimits {
+    /// Berth's cap when the container names none: 10 MiB × 3 files.
+    pub const DEFAULT: LogLimits = LogLimits {
+        max_size: 10 << 20,
+        max_files: 3,
+    };
+
+    /// The limits of `--log-opt max-size=…`/`max-file=…` as dockerd's json-file driver reads
+    /// them: sizes like `512k`, `10m`, `1.5g` (binary multiples), `-1` for no limit; `max-file`
+    /// a count of at least 1, only with a `max-size`; without a `max-file`, one file (which is
+    /// started afresh at the limit). Neither: [`LogLimits::DEFAULT`]. The attribute options
+    /// json-file also accepts (`labels`, `env`, `env-regex`, `tag`) are taken and ignored.
+    pub fn from_opts(opts: &BTreeMap<String, String>) -> Result<LogLimits, String> {
+        for key in opts.keys() {
+            if !["max-size", "max-file", "labels", "env", "env-regex", "tag"]
+                .contains(&key.as_str())
+            {
+                return Err(format!("unknown log opt '{key}' for json-file log driver"));
+            }
+        }
+        if !opts.contains_key("max-size") && !opts.contains_key("max-file") {
+            return Ok(LogLimits::DEFAULT);
+        }
+        let max_size = match opts.get("max-size").map(|s| s.trim()) {
+            None | Some("-1") => 0,
+            Some(s) => parse_size(s).filter(|n| *n > 0).ok_or_else(|| {
+                format!("invalid max-size {s:?}: a size such as 512k, 10m or 1g, or -1")
+            })?,
+        };
+        let max_files = match opts.get("max-file") {
+            None => 1,
+            Some(s) => s
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("invalid max-file {s:?}: a whole number, at least 1"))?,
+        };
+        if max_size == 0 && max_files != 1 {
+            return Err("max-file can only be set when max-size is set".into());
+        }
+        Ok(LogLimits {
+            max_size,
+            max_files,
+        })
+    }
+}
+
+/// `10m`, `1.5G`, `512kb`, `2MiB`, `100` (bytes): binary multiples, as Docker's RAMInBytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let digits = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let number: f64 = number.parse().ok()?;
+    let unit = unit.trim_start().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// A container port published on the host. Served by berthd on the host, which forwards each
@@ -311,4 +395,52 @@ pub struct FsChange {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExportRequest {
     pub container: ContainerRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn log_opts_read_like_dockerds_json_file_driver() {
+        assert_eq!(LogLimits::from_opts(&opts(&[])), Ok(LogLimits::DEFAULT));
+        let l = |p: &[(&str, &str)]| LogLimits::from_opts(&opts(p));
+        assert_eq!(
+            l(&[("max-size", "10m"), ("max-file", "5")]),
+            Ok(LogLimits {
+                max_size: 10 << 20,
+                max_files: 5
+            })
+        );
+        assert_eq!(l(&[("max-size", "1.5k")]).unwrap().max_size, 1536);
+        assert_eq!(l(&[("max-size", "2MiB")]).unwrap().max_size, 2 << 20);
+        assert_eq!(l(&[("max-size", "1gb")]).unwrap().max_size, 1 << 30);
+        assert_eq!(l(&[("max-size", "100")]).unwrap().max_size, 100);
+        // One file without a max-file; -1 means no limit.
+        assert_eq!(l(&[("max-size", "1m")]).unwrap().max_files, 1);
+        assert_eq!(l(&[("max-size", "-1")]).unwrap().max_size, 0);
+        assert_eq!(l(&[("tag", "{{.Name}}")]), Ok(LogLimits::DEFAULT));
+        for bad in [
+            &[("max-size", "10x")][..],
+            &[("max-size", "0")],
+            &[("max-size", "m")],
+            &[("max-size", "1m"), ("max-file", "0")],
+            &[("max-size", "1m"), ("max-file", "two")],
+            &[("max-file", "3")],
+            &[("compress", "true")],
+        ] {
+            assert!(l(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            l(&[("mode", "non-blocking")]).unwrap_err(),
+            "unknown log opt 'mode' for json-file log driver"
+        );
+    }
 }

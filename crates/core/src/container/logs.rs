@@ -2,10 +2,19 @@
 //! `{"log":"hello\n","stream":"stdout","time":"2026-01-02T03:04:05.123456789Z"}`. The supervisor
 //! appends (one `write` per entry, `O_APPEND`); the core reads from any offset and follows the
 //! file while the container runs.
+//!
+//! Rotation, as dockerd's json-file driver does it: when the next entry would take the file
+//! past its limit, `<log>.N-1` becomes `<log>.N` … `<log>` becomes `<log>.1` (the oldest is
+//! overwritten) and a new `<log>` begins; with one file the old one is unlinked instead. Readers
+//! go through the rotated files oldest first, and a follower whose file was rotated away
+//! finishes it and goes on with its successor.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use berth_proto::LogLimits;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,15 +35,25 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// Appends entries to a log file; shareable between the stdout and stderr copiers behind a lock.
+/// Appends entries to a log file, rotating it at its limits; shareable between the stdout and
+/// stderr copiers behind a lock.
 pub struct LogWriter {
+    path: PathBuf,
     file: File,
+    size: u64,
+    limits: LogLimits,
 }
 
 impl LogWriter {
-    pub fn open(path: &Path) -> io::Result<LogWriter> {
+    pub fn open(path: &Path, limits: LogLimits) -> io::Result<LogWriter> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogWriter { file })
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            size,
+            limits,
+        })
     }
 
     /// Writes one entry; `bytes` are decoded as UTF-8 with invalid sequences replaced.
@@ -46,13 +65,70 @@ impl LogWriter {
         };
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)
+        let max = self.limits.max_size;
+        if max > 0 && self.size > 0 && self.size + line.len() as u64 > max {
+            self.rotate()?;
+        }
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        // What was written stays written before its name changes.
+        self.file.sync_data()?;
+        let keep = self.limits.max_files.max(1);
+        if keep == 1 {
+            fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..keep - 1).rev() {
+                match fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            fs::rename(&self.path, rotated(&self.path, 1))?;
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
     }
 
     /// Makes what was written durable (at the end of a run).
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// `<log>.n`, the n-th newest rotated file.
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
+/// The log's files that exist, oldest first (the current one last), with their inodes.
+fn chain(path: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    // Rotated files are numbered without gaps from 1.
+    let mut n = 1;
+    while let Ok(m) = fs::metadata(rotated(path, n)) {
+        files.push((rotated(path, n), m.ino()));
+        n += 1;
+    }
+    files.reverse();
+    if let Ok(m) = fs::metadata(path) {
+        files.push((path.to_path_buf(), m.ino()));
+    }
+    files
+}
+
+/// Every log file of a container (the rotated ones and the current one), for removal.
+pub fn all_files(path: &Path) -> Vec<PathBuf> {
+    chain(path).into_iter().map(|(p, _)| p).collect()
 }
 
 /// Cuts a byte stream into log entries: one per line, long lines in [`MAX_ENTRY`] pieces, and
@@ -95,32 +171,66 @@ impl LineSplitter {
     }
 }
 
-/// Reads the entries appended to a log file since the last call. A line still being written
-/// (no newline yet) is kept for the next call.
+/// Reads the entries appended to a log since the last call, across rotations. A line still
+/// being written (no newline yet) is kept for the next call.
 pub struct LogCursor {
+    path: PathBuf,
     file: File,
+    ino: u64,
     partial: Vec<u8>,
 }
 
 impl LogCursor {
-    /// From the start of the file.
+    /// From the start of the oldest file kept.
     pub fn open(path: &Path) -> io::Result<LogCursor> {
+        let first = chain(path)
+            .into_iter()
+            .next()
+            .map_or_else(|| path.to_path_buf(), |(p, _)| p);
+        LogCursor::at(path, &first)
+    }
+
+    fn at(path: &Path, file: &Path) -> io::Result<LogCursor> {
+        let f = File::open(file)?;
         Ok(LogCursor {
-            file: File::open(path)?,
+            path: path.to_path_buf(),
+            ino: f.metadata()?.ino(),
+            file: f,
             partial: Vec::new(),
         })
     }
 
-    /// From the current end of the file: only what is written from now on.
+    /// From the current end of the log: only what is written from now on.
     pub fn open_at_end(path: &Path) -> io::Result<LogCursor> {
-        let mut c = LogCursor::open(path)?;
+        let mut c = LogCursor::at(path, path)?;
         c.file.seek(SeekFrom::End(0))?;
         Ok(c)
     }
 
     pub fn read_new(&mut self) -> io::Result<Vec<LogFrame>> {
         let mut buf = Vec::new();
-        self.file.read_to_end(&mut buf)?;
+        loop {
+            // The files as they are now; the writer renames only after its last write to a
+            // file, so once ours is seen rotated, reading it to its end reads all of it.
+            let files = chain(&self.path);
+            self.file.read_to_end(&mut buf)?;
+            let next = match files.iter().position(|(_, ino)| *ino == self.ino) {
+                Some(i) if i + 1 == files.len() => None,
+                Some(i) => Some(files[i + 1].0.clone()),
+                // Ours is gone (rotated past the last kept): on with the oldest kept.
+                None => files.first().map(|(p, _)| p.clone()),
+            };
+            let Some(next) = next else { break };
+            match File::open(&next) {
+                Ok(f) => {
+                    self.ino = f.metadata()?.ino();
+                    self.file = f;
+                }
+                // Rotated again meanwhile: look again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
         if buf.is_empty() {
             return Ok(vec![]);
         }
@@ -194,7 +304,7 @@ mod tests {
     fn written_entries_read_back_as_frames() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("c-json.log");
-        let mut w = LogWriter::open(&p).unwrap();
+        let mut w = LogWriter::open(&p, LogLimits::DEFAULT).unwrap();
         w.write_entry("stdout", b"hello\n").unwrap();
         let mut from_start = LogCursor::open(&p).unwrap();
         let mut from_end = LogCursor::open_at_end(&p).unwrap();
@@ -220,5 +330,105 @@ mod tests {
         assert!(selected(f, true, true, t0 - 1.0, t0 + 1.0));
         assert!(!selected(f, true, true, t0 + 1.0, 0.0));
         assert!(!selected(f, true, true, 0.0, t0 - 1.0));
+    }
+
+    /// One entry's length in the file (the time has a fixed width).
+    fn entry_len(dir: &Path) -> u64 {
+        let p = dir.join("probe.log");
+        let mut w = LogWriter::open(&p, LogLimits::DEFAULT).unwrap();
+        w.write_entry("stdout", b"line 00\n").unwrap();
+        fs::metadata(&p).unwrap().len()
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_size_keeping_its_files_and_readers_see_every_kept_line() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("c-json.log");
+        let len = entry_len(t.path());
+        // Room for three entries per file, three files.
+        let limits = LogLimits {
+            max_size: len * 3,
+            max_files: 3,
+        };
+        let mut w = LogWriter::open(&p, limits).unwrap();
+        let mut follower = LogCursor::open_at_end(&p).unwrap();
+        let mut followed = Vec::new();
+        for i in 0..20 {
+            w.write_entry("stdout", format!("line {i:02}\n").as_bytes())
+                .unwrap();
+            // The follower looks now and then, sometimes after two rotations.
+            if i % 7 == 6 {
+                followed.extend(follower.read_new().unwrap());
+            }
+        }
+        followed.extend(follower.read_new().unwrap());
+        for f in [&p, &rotated(&p, 1), &rotated(&p, 2)] {
+            assert!(fs::metadata(f).unwrap().len() <= len * 3, "{}", f.display());
+        }
+        assert!(!rotated(&p, 3).exists(), "three files kept, no more");
+        assert_eq!(all_files(&p).len(), 3);
+        // 20 entries, three per file: 18..19 in the current file, 12..17 in the rotated ones.
+        let all: Vec<String> = LogCursor::open(&p)
+            .unwrap()
+            .read_new()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.log)
+            .collect();
+        let expected: Vec<String> = (12..20).map(|i| format!("line {i:02}\n")).collect();
+        assert_eq!(all, expected);
+        // The follower read every line in order, across rotations, missing only what was
+        // rotated past the last kept file before it looked (lines 0..=6 were read in time).
+        let followed: Vec<String> = followed.into_iter().map(|f| f.log).collect();
+        assert_eq!(
+            followed[..7],
+            (0..7).map(|i| format!("line {i:02}\n")).collect::<Vec<_>>()[..]
+        );
+        assert!(followed.windows(2).all(|w| w[0] < w[1]), "{followed:?}");
+        assert_eq!(followed.last().unwrap(), "line 19\n");
+    }
+
+    #[test]
+    fn one_file_is_started_afresh_and_no_limit_never_rotates() {
+        let t = tempfile::tempdir().unwrap();
+        let len = entry_len(t.path());
+        let p = t.path().join("one.log");
+        let mut w = LogWriter::open(
+            &p,
+            LogLimits {
+                max_size: len * 2,
+                max_files: 1,
+            },
+        )
+        .unwrap();
+        let mut follower = LogCursor::open(&p).unwrap();
+        for i in 0..5 {
+            w.write_entry("stdout", format!("line {i:02}\n").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(all_files(&p), [p.as_path()]);
+        let logs = |c: &mut LogCursor| -> Vec<String> {
+            c.read_new().unwrap().into_iter().map(|f| f.log).collect()
+        };
+        assert_eq!(logs(&mut LogCursor::open(&p).unwrap()), ["line 04\n"]);
+        // The follower still reads its first file (unlinked, held open), then goes on with the
+        // current one; the file in between was unlinked before it looked.
+        assert_eq!(logs(&mut follower), ["line 00\n", "line 01\n", "line 04\n"]);
+
+        let q = t.path().join("unlimited.log");
+        let mut w = LogWriter::open(
+            &q,
+            LogLimits {
+                max_size: 0,
+                max_files: 1,
+            },
+        )
+        .unwrap();
+        for i in 0..50 {
+            w.write_entry("stdout", format!("line {i:02}\n").as_bytes())
+                .unwrap();
+        }
+        assert_eq!(all_files(&q), [q.as_path()]);
+        assert_eq!(logs(&mut LogCursor::open(&q).unwrap()).len(), 50);
     }
 }

@@ -41,6 +41,7 @@ pub mod volumes;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
@@ -48,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use berth_proto::{
     ContainerInfo, ContainerRef, ContainerSpec, ContainerState, ContainerStatus, Error, ErrorCode,
-    ImageSelector, LogFrame, LogsRequest, WaitCondition,
+    ImageSelector, LogFrame, LogLimits, LogsRequest, WaitCondition,
 };
 
 use crate::digest::Digest;
@@ -63,6 +64,8 @@ use store::{ContainerRecord, ContainerStore, StoreError};
 /// How often waits, stops and log followers look at a container's state file.
 // State files are small and local: polling them often costs little and keeps `run` snappy.
 const POLL: Duration = Duration::from_millis(10);
+/// The first pause of a waiter after the run it waits on changed.
+const POLL_QUICK: Duration = Duration::from_millis(1);
 /// How often the auto-remove monitor looks.
 const MONITOR: Duration = Duration::from_millis(200);
 /// passwd and group files larger than this are refused.
@@ -653,6 +656,8 @@ impl ContainerService {
         }
         let bundle = self.bundle(&rec.id);
         let runtime = self.runtime(&rec.runtime);
+        let log_limits =
+            LogLimits::from_opts(&rec.spec.host.log_opts).unwrap_or(LogLimits::DEFAULT);
         fs::create_dir_all(&runtime.root)
             .map_err(io_err(format!("creating {}", runtime.root.display())))?;
         let args = ShimArgs {
@@ -664,6 +669,9 @@ impl ContainerService {
             detached: false,
             stdin: rec.spec.open_stdin,
             tty: rec.spec.tty,
+            // Checked when the container was created; a record from before stays capped.
+            log_max_size: log_limits.max_size,
+            log_max_files: log_limits.max_files,
         };
         let began = Instant::now();
         self.attach_network(&rec)?;
@@ -684,16 +692,38 @@ impl ContainerService {
             .append(true)
             .open(bundle.join("shim.log"))
             .map_err(io_err("opening the supervisor's log"))?;
-        let mut child = Command::new(&self.shim_binary)
-            .args(args.to_args())
+        // The supervisor outlives the core and must not be its child (nobody would reap it):
+        // the forked child forks again and exits at once, the grandchild starts a session of
+        // its own and execs the supervisor. One exec per start, not two (the `shim` command's
+        // own detaching), which is ~5 ms of a start here.
+        let detached = ShimArgs {
+            detached: true,
+            ..args.clone()
+        };
+        let mut cmd = Command::new(&self.shim_binary);
+        cmd.args(detached.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(shim_log)
-            .spawn()
-            .map_err(io_err(format!(
-                "starting the supervisor {}",
-                self.shim_binary.display()
-            )))?;
+            .stderr(shim_log);
+        // SAFETY: between fork and exec the closure makes only async-signal-safe calls (fork,
+        // _exit, setsid) and touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                match libc::fork() {
+                    -1 => return Err(io::Error::last_os_error()),
+                    0 => {}
+                    _ => libc::_exit(0),
+                }
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io_err(format!(
+            "starting the supervisor {}",
+            self.shim_binary.display()
+        )))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let status = child.wait().map_err(io_err("waiting for the supervisor"))?;
         let ready = shim::read_ready(stdout);
@@ -815,6 +845,10 @@ impl ContainerService {
             first.state.exit_code.unwrap_or(0),
             first.state.error.clone(),
         );
+        // Polled quickly right after the run changes (a short-lived container's exit then comes
+        // soon), backing off to POLL while nothing happens.
+        let mut seen = (first.running, first.generation);
+        let mut pause = POLL_QUICK;
         loop {
             if self.store.get(&id)?.is_none() {
                 let removed = self.removed.lock().expect("removed").get(&id).cloned();
@@ -822,6 +856,10 @@ impl ContainerService {
             }
             let v = self.view(&id);
             last = (v.state.exit_code.unwrap_or(0), v.state.error.clone());
+            if (v.running, v.generation) != seen {
+                seen = (v.running, v.generation);
+                pause = POLL_QUICK;
+            }
             let done = match condition {
                 WaitCondition::NotRunning => !v.running,
                 WaitCondition::NextExit => {
@@ -850,7 +888,8 @@ impl ContainerService {
                 self.report_exit(&rec);
                 return Ok(last);
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL);
         }
     }
 

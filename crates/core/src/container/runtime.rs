@@ -23,8 +23,9 @@ pub enum RuntimeError {
     },
 }
 
-/// Which runtime new containers use: `BERTH_RUNTIME` if set, else crun on a pure cgroup v2
-/// host where crun is installed (crun refuses hybrid hierarchies), else runc.
+/// Which runtime new containers use: `BERTH_RUNTIME` if set, else crun where it is installed
+/// and can work (a pure cgroup v2 host, or a hybrid one whose unified hierarchy crun can be
+/// kept from seeing, see [`hides_unified`]), else runc.
 pub fn choose() -> String {
     if let Ok(r) = std::env::var("BERTH_RUNTIME") {
         if !r.is_empty() {
@@ -32,10 +33,76 @@ pub fn choose() -> String {
         }
     }
     let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if pure_v2 && on_path("crun") {
+    if on_path("crun") && (pure_v2 || hides_unified()) {
         "crun".into()
     } else {
         "runc".into()
+    }
+}
+
+/// Where the v2 hierarchy of a hybrid host is mounted (systemd's layout).
+const HYBRID_UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// Whether crun's commands run in a mount namespace of their own without the hybrid host's
+/// unified hierarchy. crun refuses a hybrid layout whose v2 half has controllers ("cgroups in
+/// hybrid mode not supported"); without `/sys/fs/cgroup/unified` it sees a plain v1 host and
+/// manages the v1 controllers as runc does (the container's processes stay in the v2 root,
+/// which has no controller we use). crun's process is short-lived and the container gets its
+/// own mount namespace anyway, so nothing else sees the difference. Decided once: the v1
+/// hierarchies are mounted at `/sys/fs/cgroup`, the unified one at its systemd place, and we
+/// may unshare mount namespaces (root with CAP_SYS_ADMIN, which running containers needs).
+pub fn hides_unified() -> bool {
+    static HIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HIDE.get_or_init(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        hybrid_layout(&mountinfo) && probe_hidden_crun()
+    })
+}
+
+/// `/sys/fs/cgroup` is not itself cgroup2 and the unified hierarchy is mounted at
+/// [`HYBRID_UNIFIED`] beside v1 hierarchies.
+fn hybrid_layout(mountinfo: &str) -> bool {
+    let mounts = super::cgroup::parse_mountinfo(mountinfo);
+    let v2_at = |p: &str| {
+        mounts
+            .iter()
+            .any(|m| m.controllers.is_none() && m.mount_point == Path::new(p))
+    };
+    let any_v1 = mounts.iter().any(|m| m.controllers.is_some());
+    any_v1 && !v2_at("/sys/fs/cgroup") && v2_at(HYBRID_UNIFIED)
+}
+
+/// Runs `crun --version` the way every crun command will run (see [`Runtime::command`]), so
+/// a host where the namespace cannot be made keeps runc.
+fn probe_hidden_crun() -> bool {
+    let mut c = Command::new("crun");
+    c.arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hide_unified_before_exec(&mut c);
+    c.status().is_ok_and(|s| s.success())
+}
+
+/// Makes `c` run in a new mount namespace (a slave of ours, so nothing it mounts comes back)
+/// where the hybrid host's unified hierarchy is unmounted.
+fn hide_unified_before_exec(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only makes raw system calls (unshare, mount,
+    // umount2) on constant arguments; it allocates nothing and takes no lock.
+    unsafe {
+        c.pre_exec(|| {
+            use nix::mount::{mount, umount2, MntFlags, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                None::<&str>,
+            )?;
+            umount2(HYBRID_UNIFIED, MntFlags::MNT_DETACH)?;
+            Ok(())
+        });
     }
 }
 
@@ -63,6 +130,9 @@ impl Runtime {
         let mut c = Command::new(&self.name);
         c.arg("--root").arg(&self.root);
         c.stdin(Stdio::null());
+        if self.name == "crun" && hides_unified() {
+            hide_unified_before_exec(&mut c);
+        }
         c
     }
 
@@ -277,6 +347,26 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_systemds_hybrid_layout_hides_the_unified_hierarchy() {
+        let hybrid = "\
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+36 25 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert!(hybrid_layout(hybrid));
+        let pure_v2 = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert!(!hybrid_layout(pure_v2));
+        let legacy = "36 25 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert!(!hybrid_layout(legacy));
+        // A v2 hierarchy elsewhere is not one we know how to hide.
+        let elsewhere = "\
+30 25 0:26 / /run/cg2 rw - cgroup2 cgroup2 rw
+36 25 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+        assert!(!hybrid_layout(elsewhere));
+    }
 
     #[test]
     fn signals_parse_like_docker_kill() {

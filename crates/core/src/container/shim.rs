@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+use berth_proto::LogLimits;
 use serde::{Deserialize, Serialize};
 
 use super::logs::{now_rfc3339, LineSplitter, LogWriter};
@@ -131,6 +132,12 @@ pub struct ShimArgs {
     /// The container has a terminal (the runtime sends its master to a console socket).
     #[arg(long)]
     pub tty: bool,
+    /// The log rotates at this many bytes (0: never) ...
+    #[arg(long, default_value_t = LogLimits::DEFAULT.max_size)]
+    pub log_max_size: u64,
+    /// ... keeping this many files, the current one included.
+    #[arg(long, default_value_t = LogLimits::DEFAULT.max_files)]
+    pub log_max_files: u32,
 }
 
 impl ShimArgs {
@@ -157,6 +164,12 @@ impl ShimArgs {
         if self.tty {
             v.push("--tty".into());
         }
+        v.extend([
+            "--log-max-size".into(),
+            self.log_max_size.to_string(),
+            "--log-max-files".into(),
+            self.log_max_files.to_string(),
+        ]);
         v
     }
 }
@@ -320,7 +333,11 @@ impl Supervisor {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             return self.fail(format!("becoming a subreaper: {e}"), Some(&rootfs));
         }
-        let log = match LogWriter::open(&log_file(self.bundle(), &id)) {
+        let limits = LogLimits {
+            max_size: self.args.log_max_size,
+            max_files: self.args.log_max_files,
+        };
+        let log = match LogWriter::open(&log_file(self.bundle(), &id), limits) {
             Ok(l) => Arc::new(Mutex::new(l)),
             Err(e) => return self.fail(format!("opening the log: {e}"), Some(&rootfs)),
         };
@@ -479,6 +496,8 @@ impl Supervisor {
         let cgroup = super::cgroup::CgroupPaths::of_pid(pid as u32);
 
         let code = reaper.wait(pid);
+        // Where an exit spends its time until the state says so (BERTH_LOG=debug, shim.log).
+        let exited = std::time::Instant::now();
         self.state.oom_killed = cgroup
             .and_then(|c| c.oom_kills())
             .is_some_and(|kills| kills > 0);
@@ -489,9 +508,11 @@ impl Supervisor {
             let _ = done_rx.recv_timeout(Duration::from_secs(5));
         }
         let _ = fs::remove_file(stdio::SOCKET);
+        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: output copied");
         if !matches!(reaper.run(self.runtime.delete_command(&id, false)), Ok(0)) {
             let _ = reaper.run(self.runtime.delete_command(&id, true));
         }
+        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: runtime state deleted");
         if let Err(e) = rootfs.unmount() {
             tracing::warn!("container {id}: unmounting the rootfs: {e}");
         }
@@ -501,6 +522,7 @@ impl Supervisor {
         if netns.exists() {
             crate::net::detach(&netns);
         }
+        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: rootfs and network gone");
         // The output is on disk before the state says the run is over.
         if let Err(e) = log.lock().map(|l| l.sync()) {
             tracing::warn!("container {id}: syncing the log: {e}");
@@ -509,7 +531,9 @@ impl Supervisor {
         self.state.pid = None;
         self.state.exit_code = Some(code);
         self.state.finished_at = Some(now_rfc3339());
-        self.save()
+        let saved = self.save();
+        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: state saved");
+        saved
     }
 }
 
@@ -594,6 +618,8 @@ mod tests {
             detached: true,
             stdin: true,
             tty: true,
+            log_max_size: 1 << 20,
+            log_max_files: 2,
         };
         let parsed = ShimArgs::parse_from(a.to_args());
         assert_eq!(parsed.to_args(), a.to_args());
