@@ -315,33 +315,39 @@ fn layer_paths_of_top(archive: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The multi-stage example: a stage that "compiles" a program with what busybox offers (a
-/// script generated from the context and build args, made executable), then `FROM scratch`
-/// with the static busybox and the program copied in.
+/// The toolchain fixture: busybox, tcc and musl, `cc` linking static programs.
+fn toolchain() -> String {
+    format!("{}/berth/toolchain:latest", fixtures()["BERTH_FIX_OPEN"])
+}
+
+/// The multi-stage example of docs/build.md (and `scripts/bench build`): a C program compiled
+/// with the toolchain image in one stage, the static binary alone in `scratch` in the next.
 fn multi_stage_context(dir: &Path) {
     write(
         dir,
         "Dockerfile",
         r#"# syntax=docker/dockerfile:1
 # escape=\
-ARG BASE
-FROM ${BASE} AS build
+ARG TOOLCHAIN
+FROM ${TOOLCHAIN} AS build
 ARG GREETING=hello
 ENV OUT=/out
 WORKDIR /src
-COPY greet.txt ./
+COPY hello.c greet.txt ./
 COPY . /ctx/
 RUN mkdir -p $OUT \
- && printf '#!/bin/busybox sh\necho %s\n' "${GREETING}-$(cat greet.txt)" > $OUT/hello \
- && chmod 755 $OUT/hello
+ && cc -DGREETING="\"${GREETING}-$(cat greet.txt)\"" -o $OUT/hello hello.c
 LABEL org.example.stage=build
 
 FROM scratch
-COPY --from=build /bin/busybox /bin/busybox
 COPY --from=build /out/hello /hello
-COPY --from=build /ctx /ctx
-ENTRYPOINT ["/hello"]
+CMD ["/hello"]
 "#,
+    );
+    write(
+        dir,
+        "hello.c",
+        "#include <stdio.h>\n\nint main(void)\n{\n    puts(GREETING);\n    return 0;\n}\n",
     );
     write(dir, "greet.txt", "world");
     write(dir, "secret.txt", "do not ship");
@@ -354,8 +360,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
     let d = Berthd::start(&[]);
     let ctx = tempfile::tempdir().unwrap();
     multi_stage_context(ctx.path());
-    let base = busybox();
-    let base_arg = format!("BASE={base}");
+    let toolchain_arg = format!("TOOLCHAIN={}", toolchain());
 
     // The base image is not pulled beforehand: berthd pulls it for the build.
     let t0 = Instant::now();
@@ -364,7 +369,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
         ctx.path(),
         &[
             "--build-arg",
-            &base_arg,
+            &toolchain_arg,
             "-t",
             "hello:1",
             "-t",
@@ -372,15 +377,16 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
         ],
     );
     let cold = t0.elapsed();
-    assert!(first.contains("Step 1/14 : ARG BASE"), "{first}");
+    assert!(first.contains("Step 1/12 : ARG TOOLCHAIN"), "{first}");
     assert!(
-        first.contains("Step 2/14 : FROM ${BASE} AS build"),
+        first.contains("Step 2/12 : FROM ${TOOLCHAIN} AS build"),
         "{first}"
     );
     assert!(first.contains(" ---> Running in "), "{first}");
     assert!(first.contains("Successfully tagged hello:1"), "{first}");
     assert!(first.contains("Successfully tagged hello:alias"), "{first}");
     let id = built_id(&first);
+    // The compiled program runs alone in `scratch`: static, no libc, no shell beside it.
     assert_eq!(d.docker_ok(&["run", "--rm", "hello:1"]), "hello-world\n");
     assert!(inspect(&d, "hello:alias")["Id"]
         .as_str()
@@ -395,55 +401,42 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
     assert_eq!(
         top.len(),
         3,
-        "busybox, hello and the build stage's image: {top:?}"
+        "the toolchain, hello and the build stage's image: {top:?}"
     );
     assert!(ids(&["images", "-a", "-q"]).len() > 8);
     assert_eq!(ids(&["images", "-q", "-f", "dangling=true"]).len(), 1);
-    // .dockerignore kept the secret and the logs out of `COPY . /ctx/`.
-    let files = d.docker_ok(&[
-        "run",
-        "--rm",
-        "--entrypoint",
-        "/bin/busybox",
-        "hello:1",
-        "find",
-        "/ctx",
-    ]);
-    let mut files: Vec<&str> = files.lines().collect();
-    files.sort();
-    assert_eq!(
-        files,
-        [
-            "/ctx",
-            "/ctx/.dockerignore",
-            "/ctx/Dockerfile",
-            "/ctx/greet.txt",
-            "/ctx/logs"
-        ],
-        "{files:?}"
-    );
-    // The final image is the scratch stage: three layers, its own config.
+    // The final image is the scratch stage: one layer (the program), its own config.
     let info = inspect(&d, "hello:1");
-    assert_eq!(info["RootFS"]["Layers"].as_array().unwrap().len(), 3);
-    assert_eq!(info["Config"]["Entrypoint"], serde_json::json!(["/hello"]));
-    assert!(info["Config"]["Labels"].get("org.example.stage").is_none());
+    assert_eq!(info["RootFS"]["Layers"].as_array().unwrap().len(), 1);
+    assert_eq!(info["Config"]["Cmd"], serde_json::json!(["/hello"]));
+    assert!(info["Config"]["Entrypoint"].is_null(), "{info}");
+    assert!(info["Config"]["Labels"]
+        .as_object()
+        .is_none_or(|l| l.get("org.example.stage").is_none()));
+    // Nothing but the program went into it.
+    let saved = tempfile::tempdir().unwrap();
+    let archive = saved.path().join("hello.tar");
+    d.docker_ok(&["save", "-o", &archive.display().to_string(), "hello:1"]);
+    assert_eq!(layer_paths_of_top(&archive), ["hello"]);
 
     // Unchanged: every step after FROM comes from the cache, no RUN runs, same image.
     let t1 = Instant::now();
-    let again = build_ok(&d, ctx.path(), &["--build-arg", &base_arg, "-t", "hello:1"]);
+    let again = build_ok(
+        &d,
+        ctx.path(),
+        &["--build-arg", &toolchain_arg, "-t", "hello:1"],
+    );
     let cached = t1.elapsed();
     assert!(!again.contains("Running in"), "{again}");
     let steps = again.matches("Step ").count();
     let hits = again.matches(" ---> Using cache").count();
-    // Steps: 14; ARG BASE (before FROM) and the two FROMs make no image of their own.
-    assert_eq!(steps, 14, "{again}");
-    assert_eq!(hits, 11, "{again}");
+    // Steps: 12; ARG TOOLCHAIN (before FROM) and the two FROMs make no image of their own.
+    assert_eq!(steps, 12, "{again}");
+    assert_eq!(hits, 9, "{again}");
     assert_eq!(built_id(&again), id);
+    // Informational only (timings on a shared machine are not asserted): scripts/bench build
+    // measures them.
     eprintln!("cold build {cold:?}, cached build {cached:?}");
-    assert!(
-        cached < cold,
-        "the cached build ({cached:?}) should be faster than the first ({cold:?})"
-    );
 
     // A build arg changes the RUN step and what follows.
     let bonjour = build_ok(
@@ -451,7 +444,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
         ctx.path(),
         &[
             "--build-arg",
-            &base_arg,
+            &toolchain_arg,
             "--build-arg",
             "GREETING=bonjour",
             "-t",
@@ -463,7 +456,11 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
 
     // A changed file in the context: its COPY and everything after it run again.
     write(ctx.path(), "greet.txt", "there");
-    let changed = build_ok(&d, ctx.path(), &["--build-arg", &base_arg, "-t", "hello:2"]);
+    let changed = build_ok(
+        &d,
+        ctx.path(),
+        &["--build-arg", &toolchain_arg, "-t", "hello:2"],
+    );
     assert!(changed.contains("Running in"), "{changed}");
     assert_eq!(d.docker_ok(&["run", "--rm", "hello:2"]), "hello-there\n");
 
@@ -471,7 +468,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
     let fresh = build_ok(
         &d,
         ctx.path(),
-        &["--no-cache", "--build-arg", &base_arg, "-t", "hello:2"],
+        &["--no-cache", "--build-arg", &toolchain_arg, "-t", "hello:2"],
     );
     assert!(!fresh.contains("Using cache"), "{fresh}");
     assert!(fresh.contains("Running in"), "{fresh}");
@@ -492,7 +489,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
             "--target",
             "build",
             "--build-arg",
-            &base_arg,
+            &toolchain_arg,
             "-t",
             "hello:build",
         ],
@@ -509,6 +506,22 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
         d.docker_ok(&["run", "--rm", "hello:build", "/out/hello"]),
         "hello-there\n"
     );
+    // .dockerignore kept the secret and the logs out of `COPY . /ctx/`.
+    let files = d.docker_ok(&["run", "--rm", "hello:build", "find", "/ctx"]);
+    let mut files: Vec<&str> = files.lines().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "/ctx",
+            "/ctx/.dockerignore",
+            "/ctx/build.Dockerfile",
+            "/ctx/greet.txt",
+            "/ctx/hello.c",
+            "/ctx/logs"
+        ],
+        "{files:?}"
+    );
     let (ok, quiet) = build(
         &d,
         ctx.path(),
@@ -517,7 +530,7 @@ fn multi_stage_build_runs_and_rebuilds_from_cache() {
             "-f",
             &ctx.path().join("build.Dockerfile").display().to_string(),
             "--build-arg",
-            &base_arg,
+            &toolchain_arg,
         ],
     );
     assert!(ok, "{quiet}");

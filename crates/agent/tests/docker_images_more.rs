@@ -321,6 +321,84 @@ fn dangling_images_prune_and_system_df() {
     assert!(!ids(&d, &["-a"]).contains(&second));
 }
 
+#[test]
+fn container_sizes_in_ps_and_system_df() {
+    let fx = fixtures();
+    let busybox = format!("{}/berth/busybox:latest", fx["BERTH_FIX_OPEN"]);
+    let d = Berthd::start(&[]);
+    d.docker_ok(&["pull", &busybox]);
+    // 12000 bytes in the writable layer. Not counted: the hard link's second name, a symlink
+    // to the image's busybox, the whiteout of a deleted image file, a volume's contents.
+    d.docker_ok(&[
+        "run",
+        "--name",
+        "sized",
+        "-v",
+        "/vol",
+        &busybox,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data.bin bs=1000 count=12 2>/dev/null && ln /data.bin /again.bin \
+         && ln -s /bin/busybox /bb && rm /etc/group \
+         && dd if=/dev/zero of=/vol/v.bin bs=1000 count=5 2>/dev/null",
+    ]);
+    d.docker_ok(&["create", "--name", "untouched", &busybox, "true"]);
+    let (code, images) = d.api("GET", "/images/json", None);
+    assert_eq!(code, 200, "{images}");
+    let image_size = images[0]["Size"].as_u64().unwrap();
+    assert!(image_size > 0, "{images}");
+
+    let (code, ps) = d.api("GET", "/containers/json?all=1&size=1", None);
+    assert_eq!(code, 200, "{ps}");
+    let by_name = |list: &Value, name: &str| -> Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["Names"][0] == format!("/{name}").as_str())
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+            .clone()
+    };
+    let sized = by_name(&ps, "sized");
+    assert_eq!(sized["SizeRw"], 12000, "{sized}");
+    assert_eq!(sized["SizeRootFs"], image_size + 12000, "{sized}");
+    let untouched = by_name(&ps, "untouched");
+    assert_eq!(untouched["SizeRw"], 0, "{untouched}");
+    assert_eq!(untouched["SizeRootFs"], image_size, "{untouched}");
+    // Without size=1 the sizes are not measured, as with dockerd.
+    let (_, plain) = d.api("GET", "/containers/json?all=1", None);
+    assert!(by_name(&plain, "sized").get("SizeRw").is_none(), "{plain}");
+
+    let size = d.docker_ok(&[
+        "ps",
+        "-a",
+        "-s",
+        "-f",
+        "name=sized",
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(size.starts_with("12kB (virtual "), "{size}");
+
+    let (code, df) = d.api("GET", "/system/df", None);
+    assert_eq!(code, 200, "{df}");
+    let sized = by_name(&df["Containers"], "sized");
+    assert_eq!(sized["SizeRw"], 12000, "{sized}");
+    assert_eq!(sized["SizeRootFs"], image_size + 12000, "{sized}");
+    let verbose = d.docker_ok(&["system", "df", "-v"]);
+    let line = verbose
+        .lines()
+        .find(|l| l.trim_end().ends_with(" sized"))
+        .unwrap_or_else(|| panic!("{verbose}"));
+    assert!(line.contains(" 12kB "), "{verbose}");
+    let summary = d.docker_ok(&["system", "df"]);
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("Containers"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(line.contains("12kB"), "{summary}");
+    d.docker_ok(&["rm", "-v", "sized", "untouched"]);
+}
+
 /// One API call over a unix socket with curl: the body as JSON.
 fn api(socket: &std::path::Path, method: &str, path: &str) -> Value {
     let out = Command::new("curl")

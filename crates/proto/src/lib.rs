@@ -15,6 +15,8 @@
 //! Frames are a 4-byte big-endian length followed by that many bytes of JSON. This crate has
 //! the framing and the types; connection policy (timeouts, multiplexing) belongs to the callers.
 
+use std::collections::BTreeMap;
+
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -271,6 +273,11 @@ pub enum Request {
     ContainerChanges {
         container: ContainerRef,
     },
+    /// The size of every container's writable layer (`SizeRw` of `docker ps -s` and
+    /// `docker system df`): container id → bytes of the regular files in its upper dir (a hard
+    /// link counted once, symlinks not followed, mount points left out); answered with
+    /// `ContainerSizes`.
+    ContainerSizes,
     /// Record an event the host saw happen (image pulls, tags, removals; a container's
     /// `restart`) in the core's log; the core numbers and stamps it and, for a container,
     /// adds its attributes. Answered with `Done`.
@@ -304,6 +311,7 @@ pub enum Response {
     Stats(Box<StatsSample>),
     Changes { changes: Vec<FsChange> },
     EventSeq { seq: u64 },
+    ContainerSizes { sizes: BTreeMap<String, u64> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

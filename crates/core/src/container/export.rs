@@ -38,6 +38,43 @@ pub fn changes(upper: &Path, lowers: &[PathBuf], skip: &BTreeSet<String>) -> Vec
     out
 }
 
+/// The bytes in a container's writable layer (`SizeRw`): the sizes of the regular files in the
+/// upper dir, a hard-linked file once, symlinks not followed; whiteouts, directories and the
+/// `skip` paths (mount points) left out.
+pub fn upper_size(upper: &Path, skip: &BTreeSet<String>) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut total = 0;
+    size_walk(upper, Path::new(""), skip, &mut seen, &mut total);
+    total
+}
+
+fn size_walk(
+    upper: &Path,
+    rel: &Path,
+    skip: &BTreeSet<String>,
+    seen: &mut BTreeSet<(u64, u64)>,
+    total: &mut u64,
+) {
+    let Ok(entries) = fs::read_dir(upper.join(rel)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let rel = rel.join(e.file_name());
+        if skip.contains(rel.to_string_lossy().as_ref()) {
+            continue;
+        }
+        // DirEntry::metadata does not follow symlinks.
+        let Ok(meta) = e.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            size_walk(upper, &rel, skip, seen, total);
+        } else if meta.is_file() && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino()))) {
+            *total += meta.len();
+        }
+    }
+}
+
 /// Returns whether the directory had entries that are not skipped.
 fn walk_changes(
     upper: &Path,
@@ -261,6 +298,26 @@ mod tests {
             0,
         )
         .is_ok()
+    }
+
+    #[test]
+    fn upper_size_counts_regular_files_once_and_skips_mount_points() {
+        let t = tempfile::tempdir().unwrap();
+        let upper = t.path().join("upper");
+        fs::create_dir_all(upper.join("a/b")).unwrap();
+        fs::create_dir_all(upper.join("vol")).unwrap();
+        fs::write(upper.join("a/b/file"), vec![0u8; 1000]).unwrap();
+        fs::write(upper.join("top"), vec![0u8; 24]).unwrap();
+        fs::hard_link(upper.join("a/b/file"), upper.join("a/again")).unwrap();
+        // A symlink to a big file outside is not followed.
+        let big = t.path().join("big");
+        fs::write(&big, vec![0u8; 50_000]).unwrap();
+        symlink(&big, upper.join("link")).unwrap();
+        fs::write(upper.join("vol/in-a-mount-point"), vec![0u8; 7]).unwrap();
+        let skip: BTreeSet<String> = ["vol".to_string()].into();
+        assert_eq!(upper_size(&upper, &skip), 1024);
+        assert_eq!(upper_size(&upper, &BTreeSet::new()), 1031);
+        assert_eq!(upper_size(&t.path().join("missing"), &skip), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Operations on a container beyond its lifecycle: pause/unpause (the runtime's cgroup
 //! freezer), top, stats, rename, diff and export. Messages are dockerd's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 
@@ -176,6 +176,20 @@ impl ContainerService {
             &m.lowers,
             &self.change_skips(&rec),
         ))
+    }
+
+    /// Every container's writable layer size by id (`docker ps -s`, `docker system df`), read
+    /// from its upper dir; 0 for one whose rootfs record cannot be read (being removed).
+    pub fn sizes(&self) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for rec in self.store.all()? {
+            let size = match self.rootfs_of(&rec.id) {
+                Ok(m) => export::upper_size(&m.upper, &self.change_skips(&rec)),
+                Err(_) => 0,
+            };
+            out.insert(rec.id, size);
+        }
+        Ok(out)
     }
 
     /// What is in a container's upper dir but not a change (mount points): left out of `docker
