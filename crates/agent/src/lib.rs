@@ -15,5 +15,7 @@ pub mod names;
 pub mod ports;
 pub mod pull;
 pub mod push;
+#[cfg(test)]
+mod schema_file;
 pub mod settings;
 pub mod supervisor;

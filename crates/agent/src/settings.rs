@@ -1255,17 +1255,10 @@ mod tests {
     /// `BERTH_UPDATE_SCHEMA=1 cargo test -p berth-agent settings::tests::schema_is_fresh`.
     #[test]
     fn schema_is_fresh() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/settings.schema.json");
-        let mut want = serde_json::to_string_pretty(&schema()).unwrap();
-        want.push('\n');
-        if std::env::var_os("BERTH_UPDATE_SCHEMA").is_some() {
-            std::fs::write(&path, &want).unwrap();
-        }
-        let got = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            got == want,
-            "{} is stale: run BERTH_UPDATE_SCHEMA=1 cargo test -p berth-agent settings::tests::schema_is_fresh",
-            path.display()
+        crate::schema_file::assert_fresh(
+            "settings.schema.json",
+            &schema(),
+            "settings::tests::schema_is_fresh",
         );
     }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::{header, Request as HttpRequest, StatusCode};
 use serde_json::{json, Value};
 
+use super::model::{ContainerSummary, MountPoint, SummaryHostConfig};
 use super::{empty, json, strings, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::names::{familiar, selector};
@@ -82,21 +83,19 @@ fn mount_specs(v: &Value) -> Result<Vec<MountSpec>, ApiError> {
 }
 
 /// Docker's `MountPoint`s of a container (inspect's and `docker ps`'s `Mounts`).
-fn mount_points(c: &ContainerInfo) -> Vec<Value> {
+fn mount_points(c: &ContainerInfo) -> Vec<MountPoint> {
+    let some = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
     c.mounts
         .iter()
-        .map(|m| {
-            let mut v = json!({
-                "Type": m.kind, "Source": m.source, "Destination": m.destination,
-                "Mode": m.mode, "RW": m.rw, "Propagation": m.propagation,
-            });
-            if !m.name.is_empty() {
-                v["Name"] = json!(m.name);
-            }
-            if !m.driver.is_empty() {
-                v["Driver"] = json!(m.driver);
-            }
-            v
+        .map(|m| MountPoint {
+            Destination: m.destination.clone(),
+            Driver: some(&m.driver),
+            Mode: m.mode.clone(),
+            Name: some(&m.name),
+            Propagation: m.propagation.clone(),
+            RW: m.rw,
+            Source: m.source.clone(),
+            Type: m.kind.clone(),
         })
         .collect()
 }
@@ -125,6 +124,23 @@ fn host_mounts(h: &HostSpec) -> Value {
 }
 
 /// The create body (Docker's Config with HostConfig inside) as a [`ContainerSpec`].
+/// `--log-driver`/`--log-opt` (Docker's `HostConfig.LogConfig`): Berth keeps json-file logs,
+/// capped by default (`berth_proto::LogLimits`); the options are checked here.
+fn log_opts(v: &Value) -> Result<BTreeMap<String, String>, ApiError> {
+    match v["Type"].as_str().unwrap_or("") {
+        "" | "json-file" => {}
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "logging driver {other:?} is not supported: Berth keeps json-file logs \
+                 (rotated with --log-opt max-size=… max-file=…)"
+            )))
+        }
+    }
+    let opts = string_map(&v["Config"]);
+    berth_proto::LogLimits::from_opts(&opts).map_err(ApiError::bad_request)?;
+    Ok(opts)
+}
+
 pub fn spec_from_body(
     body: &Value,
     name: Option<String>,
@@ -145,6 +161,7 @@ pub fn spec_from_body(
     let port_bindings =
         crate::ports::parse_bindings(&h["PortBindings"]).map_err(ApiError::bad_request)?;
     let mounts = mount_specs(&h["Mounts"])?;
+    let log_opts = log_opts(&h["LogConfig"])?;
     if let Some(b) = port_bindings.iter().find(|b| b.protocol != "tcp") {
         return Err(ApiError::bad_request(format!(
             "publishing {} ports is not supported yet ({}): only TCP ports can be published",
@@ -203,6 +220,7 @@ pub fn spec_from_body(
             port_bindings,
             publish_all_ports: h["PublishAllPorts"].as_bool().unwrap_or(false),
             mounts,
+            log_opts,
         },
         exposed_ports: exposed.into_iter().collect(),
         volumes: body["Volumes"]
@@ -614,22 +632,28 @@ fn shell_join(path: &str, args: &[String]) -> String {
         .join(" ")
 }
 
-pub(super) fn summary(c: &ContainerInfo) -> Value {
-    json!({
-        "Id": c.id,
-        "Names": [format!("/{}", c.name)],
-        "Image": c.spec.image_ref,
-        "ImageID": c.spec.image_id,
-        "Command": shell_join(&c.path, &c.args),
-        "Created": unix(&Some(c.created.clone())).map(|t| t.timestamp()).unwrap_or(0),
-        "Ports": super::net::summary_ports(c),
-        "Labels": c.spec.labels,
-        "State": status_word(c.state.status),
-        "Status": status_text(c),
-        "HostConfig": { "NetworkMode": c.spec.host.network_mode },
-        "NetworkSettings": super::net::summary_networks(c),
-        "Mounts": mount_points(c),
-    })
+pub(super) fn summary(c: &ContainerInfo) -> ContainerSummary {
+    ContainerSummary {
+        Command: shell_join(&c.path, &c.args),
+        Created: unix(&Some(c.created.clone()))
+            .map(|t| t.timestamp())
+            .unwrap_or(0),
+        HostConfig: SummaryHostConfig {
+            NetworkMode: c.spec.host.network_mode.clone(),
+        },
+        Id: c.id.clone(),
+        Image: c.spec.image_ref.clone(),
+        ImageID: c.spec.image_id.clone(),
+        Labels: c.spec.labels.clone(),
+        Mounts: mount_points(c),
+        Names: vec![format!("/{}", c.name)],
+        NetworkSettings: super::net::summary_networks(c),
+        Ports: super::net::summary_ports(c),
+        SizeRootFs: None,
+        SizeRw: None,
+        State: status_word(c.state.status).to_string(),
+        Status: status_text(c),
+    }
 }
 
 pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
@@ -670,8 +694,38 @@ pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
         }
         out.push(summary(c));
     }
-    out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
+    out.sort_by_key(|v| std::cmp::Reverse(v.Created));
+    if q.bool("size") {
+        // `docker ps -s`: the writable layer measured by the core, the image's size under it.
+        let sizes = sizes(daemon).await?;
+        let images = match daemon.core.call(Request::ImageList).await? {
+            Response::Images { images } => images,
+            other => return Err(unexpected(other)),
+        };
+        for v in &mut out {
+            let image = images
+                .iter()
+                .find(|i| i.id == v.ImageID)
+                .map_or(0, |i| i.size);
+            set_sizes(v, sizes.get(&v.Id).copied().unwrap_or(0), image);
+        }
+    }
     Ok(json(StatusCode::OK, &out))
+}
+
+/// Every container's writable layer size by id, measured by the core.
+pub(super) async fn sizes(daemon: &Daemon) -> Result<BTreeMap<String, u64>, ApiError> {
+    match daemon.core.call(Request::ContainerSizes).await? {
+        Response::ContainerSizes { sizes } => Ok(sizes),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `SizeRw` and `SizeRootFs` as dockerd reports them: the writable layer, and the whole root
+/// file system (the image's layers plus the writable one).
+pub(super) fn set_sizes(v: &mut ContainerSummary, rw: u64, image: u64) {
+    v.SizeRw = Some(rw);
+    v.SizeRootFs = Some(image + rw);
 }
 
 pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
@@ -701,6 +755,7 @@ pub async fn inspect(daemon: &Daemon, id: &str) -> ApiResult {
         "Platform": "linux",
         "HostConfig": {
             "Binds": h.binds, "NetworkMode": h.network_mode, "AutoRemove": h.auto_remove,
+            "LogConfig": { "Type": "json-file", "Config": h.log_opts },
             "RestartPolicy": { "Name": h.restart_policy.name, "MaximumRetryCount": h.restart_policy.maximum_retry_count },
             "Privileged": h.privileged, "ReadonlyRootfs": h.read_only_rootfs, "Tmpfs": h.tmpfs,
             "Memory": h.memory, "MemorySwap": h.memory_swap, "NanoCpus": h.nano_cpus,

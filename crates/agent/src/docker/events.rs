@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use berth_proto::{Event, Request, Response, CONTAINER_EVENT, IMAGE_EVENT};
 use bytes::Bytes;
-use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
+use super::model::{EventActor, EventMessage};
 use super::{json_stream, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::events::strip_tag;
@@ -122,25 +122,24 @@ fn timestamp(value: Option<&str>, what: &str) -> Result<Option<i64>, ApiError> {
 
 /// One event as Docker's JSON (`events.Message`), with the legacy `status`, `id` and `from`
 /// of container and image events.
-pub fn message(ev: &Event) -> Value {
-    let mut m = json!({
-        "Type": ev.kind,
-        "Action": ev.action,
-        "Actor": { "ID": ev.actor_id, "Attributes": ev.attributes },
-        "scope": "local",
-        "time": ev.time_nano.div_euclid(1_000_000_000),
-        "timeNano": ev.time_nano,
-    });
-    if ev.kind == CONTAINER_EVENT || ev.kind == IMAGE_EVENT {
-        m["status"] = json!(ev.action);
-        m["id"] = json!(ev.actor_id);
+pub fn message(ev: &Event) -> EventMessage {
+    let legacy = ev.kind == CONTAINER_EVENT || ev.kind == IMAGE_EVENT;
+    EventMessage {
+        Action: ev.action.clone(),
+        Actor: EventActor {
+            Attributes: ev.attributes.clone(),
+            ID: ev.actor_id.clone(),
+        },
+        Type: ev.kind.clone(),
+        from: (ev.kind == CONTAINER_EVENT)
+            .then(|| ev.attributes.get("image").cloned())
+            .flatten(),
+        id: legacy.then(|| ev.actor_id.clone()),
+        scope: "local".into(),
+        status: legacy.then(|| ev.action.clone()),
+        time: ev.time_nano.div_euclid(1_000_000_000),
+        timeNano: ev.time_nano,
     }
-    if ev.kind == CONTAINER_EVENT {
-        if let Some(image) = ev.attributes.get("image") {
-            m["from"] = json!(image);
-        }
-    }
-    m
 }
 
 fn line(ev: &Event) -> Bytes {
@@ -237,6 +236,7 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     fn container_event(action: &str, id: &str, attrs: &[(&str, &str)]) -> Event {
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn docker_shape() {
         let ev = container_event("die", "abc", &[("image", "busybox"), ("exitCode", "3")]);
-        let m = message(&ev);
+        let m = json!(message(&ev));
         assert_eq!(m["status"], "die");
         assert_eq!(m["id"], "abc");
         assert_eq!(m["from"], "busybox");
@@ -275,10 +275,10 @@ mod tests {
         assert_eq!(m["timeNano"], 1_700_000_000_123_456_789i64);
         let mut img = ev.clone();
         img.kind = IMAGE_EVENT.into();
-        let m = message(&img);
+        let m = json!(message(&img));
         assert!(m.get("from").is_none() && m["status"] == "die");
         img.kind = "volume".into();
-        assert!(message(&img).get("status").is_none());
+        assert!(json!(message(&img)).get("status").is_none());
     }
 
     #[test]

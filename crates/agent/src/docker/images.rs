@@ -10,6 +10,7 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
+use super::model::{ContainerSummary, ImageHistoryItem, ImageSummary};
 use super::{json, json_stream, unexpected, ApiError, ApiResult, Query};
 use crate::daemon::Daemon;
 use crate::events;
@@ -187,22 +188,32 @@ fn created_unix(config: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-fn summary(info: &ImageInfo, shared: Option<u64>, containers: i64) -> Value {
+fn summary(info: &ImageInfo, shared: Option<u64>, containers: i64) -> ImageSummary {
     let config = config_of(info);
     // As dockerd 20.10: a dangling image is listed as `<none>:<none>` / `<none>@<none>`.
     let none = info.repo_tags.is_empty() && info.repo_digests.is_empty();
-    json!({
-        "Containers": containers,
-        "Created": created_unix(&config),
-        "Id": info.id,
-        "Labels": config.pointer("/config/Labels").cloned().unwrap_or(Value::Null),
-        "ParentId": "",
-        "RepoDigests": if none { vec!["<none>@<none>".to_string()] } else { info.repo_digests.iter().map(|r| familiar(r)).collect::<Vec<_>>() },
-        "RepoTags": if none { vec!["<none>:<none>".to_string()] } else { info.repo_tags.iter().map(|r| familiar(r)).collect::<Vec<_>>() },
-        "SharedSize": shared.map(|s| s as i64).unwrap_or(-1),
-        "Size": info.size,
-        "VirtualSize": info.size,
-    })
+    let names = |list: &[String], empty: &str| {
+        if none {
+            vec![empty.to_string()]
+        } else {
+            list.iter().map(|r| familiar(r)).collect()
+        }
+    };
+    ImageSummary {
+        Containers: containers,
+        Created: created_unix(&config),
+        Id: info.id.clone(),
+        // Labels that are not an object of strings (not a valid config) show as none.
+        Labels: config
+            .pointer("/config/Labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok()),
+        ParentId: String::new(),
+        RepoDigests: names(&info.repo_digests, "<none>@<none>"),
+        RepoTags: names(&info.repo_tags, "<none>:<none>"),
+        SharedSize: shared.map(|s| s as i64).unwrap_or(-1),
+        Size: info.size,
+        VirtualSize: info.size,
+    }
 }
 
 /// Docker's reference filter: a glob over the familiar name with and without the tag.
@@ -285,7 +296,7 @@ pub async fn list(daemon: &Daemon, q: &Query) -> ApiResult {
         }
         out.push(summary(info, None, -1));
     }
-    out.sort_by_key(|v| std::cmp::Reverse(v["Created"].as_i64().unwrap_or(0)));
+    out.sort_by_key(|v| std::cmp::Reverse(v.Created));
     Ok(json(StatusCode::OK, &out))
 }
 
@@ -425,24 +436,21 @@ pub async fn history(daemon: &Daemon, name: &str) -> ApiResult {
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.timestamp())
             .unwrap_or(0);
-        out.push(json!({
-            "Id": "<missing>",
-            "Created": created,
-            "CreatedBy": h.get("created_by").and_then(Value::as_str).unwrap_or(""),
-            "Tags": Value::Null,
-            "Size": size,
-            "Comment": h.get("comment").and_then(Value::as_str).unwrap_or(""),
-        }));
+        let text = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        out.push(ImageHistoryItem {
+            Comment: text("comment"),
+            Created: created,
+            CreatedBy: text("created_by"),
+            Id: "<missing>".into(),
+            Size: size,
+            Tags: None,
+        });
     }
     out.reverse();
     if let Some(top) = out.first_mut() {
-        top["Id"] = json!(info.id);
+        top.Id = info.id.clone();
         let tags: Vec<String> = info.repo_tags.iter().map(|r| familiar(r)).collect();
-        top["Tags"] = if tags.is_empty() {
-            Value::Null
-        } else {
-            json!(tags)
-        };
+        top.Tags = Some(tags).filter(|t| !t.is_empty());
     }
     Ok(json(StatusCode::OK, &out))
 }
@@ -765,7 +773,7 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         Response::Containers { containers } => containers,
         other => return Err(unexpected(other)),
     };
-    let images: Vec<Value> = infos
+    let images: Vec<ImageSummary> = infos
         .iter()
         .map(|i| {
             let n = containers
@@ -776,14 +784,14 @@ pub async fn disk_usage(daemon: &Daemon) -> ApiResult {
         })
         .collect();
     let size_of: HashMap<&str, u64> = infos.iter().map(|i| (i.id.as_str(), i.size)).collect();
-    let containers: Vec<Value> = containers
+    let rw_of = super::containers::sizes(daemon).await?;
+    let containers: Vec<ContainerSummary> = containers
         .iter()
         .map(|c| {
             let root = size_of.get(c.spec.image_id.as_str()).copied().unwrap_or(0);
+            let rw = rw_of.get(&c.id).copied().unwrap_or(0);
             let mut v = super::containers::summary(c);
-            // The writable layer's size is not measured by the core yet.
-            v["SizeRw"] = json!(0);
-            v["SizeRootFs"] = json!(root);
+            super::containers::set_sizes(&mut v, rw, root);
             v
         })
         .collect();

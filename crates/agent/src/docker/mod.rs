@@ -22,6 +22,7 @@ mod events;
 mod exec;
 mod images;
 mod import;
+pub mod model;
 mod net;
 mod ops;
 mod push;

@@ -1,10 +1,13 @@
 //! The network parts of Docker's container JSON: `NetworkSettings` (inspect and `ps`),
 //! `HostConfig.PortBindings`, `Config.ExposedPorts` and `ps`'s `Ports`, as dockerd shows them.
 
+use std::collections::BTreeMap;
+
 use berth_proto::{ContainerInfo, ContainerSpec, ContainerStatus, PortBinding};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::model::{EndpointSettings, PortSummary, SummaryNetworkSettings};
 use crate::ports::{parse_port_key, port_key};
 
 /// The network a container is on, by Docker's name ("bridge", "host", "none").
@@ -82,7 +85,7 @@ fn ports_map(c: &ContainerInfo) -> Value {
 }
 
 /// One entry of `NetworkSettings.Networks`.
-fn endpoint(c: &ContainerInfo) -> Value {
+fn endpoint(c: &ContainerInfo) -> EndpointSettings {
     let name = network_name(&c.spec);
     let (ip, prefix, gateway, mac) = match &c.network {
         Some(n) if running(c) => (
@@ -98,22 +101,27 @@ fn endpoint(c: &ContainerInfo) -> Value {
     } else {
         id_of(&format!("berth endpoint {} {ip}", c.id))
     };
-    json!({
-        "IPAMConfig": null, "Links": null, "Aliases": null,
-        "MacAddress": mac,
-        "NetworkID": id_of(&format!("berth network {name}")),
-        "EndpointID": endpoint_id,
-        "Gateway": gateway,
-        "IPAddress": ip,
-        "IPPrefixLen": prefix,
-        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-        "DriverOpts": null, "DNSNames": null,
-    })
+    EndpointSettings {
+        Aliases: None,
+        DNSNames: None,
+        DriverOpts: None,
+        EndpointID: endpoint_id,
+        Gateway: gateway,
+        GlobalIPv6Address: String::new(),
+        GlobalIPv6PrefixLen: 0,
+        IPAMConfig: None,
+        IPAddress: ip,
+        IPPrefixLen: prefix,
+        IPv6Gateway: String::new(),
+        Links: None,
+        MacAddress: mac,
+        NetworkID: id_of(&format!("berth network {name}")),
+    }
 }
 
 /// `NetworkSettings` of `docker inspect`.
 pub fn network_settings(c: &ContainerInfo) -> Value {
-    let ep = endpoint(c);
+    let ep = json!(endpoint(c));
     let mut networks = Map::new();
     networks.insert(network_name(&c.spec).to_string(), ep.clone());
     // The top-level fields are the default bridge's (empty on other networks), as dockerd.
@@ -136,25 +144,27 @@ pub fn network_settings(c: &ContainerInfo) -> Value {
 }
 
 /// `NetworkSettings` of a `docker ps` entry.
-pub fn summary_networks(c: &ContainerInfo) -> Value {
-    let mut networks = Map::new();
+pub fn summary_networks(c: &ContainerInfo) -> SummaryNetworkSettings {
+    let mut networks = BTreeMap::new();
     networks.insert(network_name(&c.spec).to_string(), endpoint(c));
-    json!({ "Networks": Value::Object(networks) })
+    SummaryNetworkSettings { Networks: networks }
 }
 
 /// `Ports` of a `docker ps` entry: for a running container its published ports and the
 /// exposed ones without a binding; nothing for one that does not run (as dockerd).
-pub fn summary_ports(c: &ContainerInfo) -> Value {
+pub fn summary_ports(c: &ContainerInfo) -> Vec<PortSummary> {
     let mut out = Vec::new();
     if !running(c) {
-        return Value::Array(out);
+        return out;
     }
-    let published: &[PortBinding] = if running(c) { &c.ports } else { &[] };
+    let published: &[PortBinding] = &c.ports;
     for b in published {
-        out.push(json!({
-            "IP": b.host_ip, "PrivatePort": b.container_port,
-            "PublicPort": b.host_port, "Type": b.protocol,
-        }));
+        out.push(PortSummary {
+            IP: Some(b.host_ip.clone()),
+            PrivatePort: b.container_port,
+            PublicPort: Some(b.host_port),
+            Type: b.protocol.clone(),
+        });
     }
     for k in &c.spec.exposed_ports {
         let Ok((port, proto)) = parse_port_key(k) else {
@@ -164,10 +174,15 @@ pub fn summary_ports(c: &ContainerInfo) -> Value {
             .iter()
             .any(|b| b.container_port == port && b.protocol == proto)
         {
-            out.push(json!({ "PrivatePort": port, "Type": proto }));
+            out.push(PortSummary {
+                IP: None,
+                PrivatePort: port,
+                PublicPort: None,
+                Type: proto,
+            });
         }
     }
-    Value::Array(out)
+    out
 }
 
 #[cfg(test)]
@@ -242,7 +257,7 @@ mod tests {
             json!({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}], "443/tcp": null})
         );
         assert_eq!(
-            summary_ports(&c),
+            json!(summary_ports(&c)),
             json!([
                 {"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 32768, "Type": "tcp"},
                 {"PrivatePort": 443, "Type": "tcp"}
@@ -262,7 +277,7 @@ mod tests {
         assert_eq!(v["IPAddress"], "");
         assert_eq!(v["Networks"]["bridge"]["IPAddress"], "");
         assert_eq!(v["Ports"], json!({}));
-        assert_eq!(summary_ports(&c), json!([]));
+        assert!(summary_ports(&c).is_empty());
         let mut none = info(ContainerStatus::Running);
         none.spec.host.network_mode = "none".into();
         none.network = None;

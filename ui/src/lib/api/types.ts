@@ -1,66 +1,60 @@
-// The Docker Engine API and Berth admin API shapes the UI reads (only the fields it uses).
+// The Docker Engine API and Berth admin API shapes the UI reads.
 
-export interface PortSummary {
-  IP?: string;
-  PrivatePort: number;
-  PublicPort?: number;
-  Type: string;
-}
+// The Docker answers berthd serialises through typed Rust structs (crates/agent/src/docker/
+// model.rs: the container and image lists, image history, events) are generated from those
+// types, through the JSON Schema schemars writes (docs/docker-api.schema.json): `npm run gen`,
+// docs/ui.md. `Wire` has them exactly as sent. The UI's names below are those types with the
+// fields it needs required and the rest optional (`Reads`), so the stores, test fixtures and
+// stand-in engines need not fill in what nothing reads; a field berthd renames or drops breaks
+// the UI's compile wherever it is read. The hand-written shapes further down are the answers
+// berthd still builds as JSON values (only the fields the UI uses).
+export type * as Wire from './generated/docker';
+import type * as Wire from './generated/docker';
 
-export interface ContainerSummary {
-  Id: string;
-  Names: string[];
-  Image: string;
-  ImageID?: string;
-  Command?: string;
-  Created: number;
-  State: string;
-  Status: string;
-  Ports: PortSummary[];
-  Labels?: Record<string, string>;
-}
+/** `T` with the fields `K` required and the others optional. */
+export type Reads<T, K extends keyof T> = Pick<T, K> & Partial<Omit<T, K>>;
 
-export interface ImageSummary {
-  Id: string;
-  ParentId?: string;
+export type { PortSummary, ImageHistoryItem } from './generated/docker';
+
+/** An item of `GET /containers/json`. */
+export type ContainerSummary = Reads<Wire.ContainerSummary, 'Id' | 'Names' | 'Image' | 'Created' | 'State' | 'Status' | 'Ports'>;
+
+/** An item of `GET /images/json`; the names may also be null (other engines' answers). */
+export type ImageSummary = Reads<Omit<Wire.ImageSummary, 'RepoTags' | 'RepoDigests'>, 'Id' | 'Created' | 'Size'> & {
   RepoTags: string[] | null;
   RepoDigests: string[] | null;
-  Created: number;
-  Size: number;
-  Containers?: number;
-  Labels?: Record<string, string> | null;
-}
+};
 
-/** The fields of Docker's stats object used here. */
+/** One message of `GET /events`. */
+export type DockerEvent = Reads<Wire.EventMessage, 'Type' | 'Action' | 'Actor' | 'time'>;
+
+/**
+ * The fields of Docker's stats object used here, all optional (other engines leave some out).
+ * berthd's is `Wire.ContainerStats`; `StatsFit` below fails the compile if a field named here
+ * is not in it.
+ */
 export interface DockerStats {
   cpu_stats?: { cpu_usage?: { total_usage?: number; percpu_usage?: number[] | null }; system_cpu_usage?: number; online_cpus?: number };
   precpu_stats?: { cpu_usage?: { total_usage?: number }; system_cpu_usage?: number };
   memory_stats?: { usage?: number; limit?: number; stats?: Record<string, number> };
 }
 
-/** One layer of `GET /images/{name}/history`, newest first. */
-export interface ImageHistoryItem {
-  Id: string;
-  Created: number;
-  CreatedBy: string;
-  Tags: string[] | null;
-  Size: number;
-  Comment: string;
-}
-
-/** One object of `GET /events`, in Docker's shape. */
-export interface DockerEvent {
-  Type: string;
-  Action: string;
-  Actor: { ID: string; Attributes?: Record<string, string> };
-  scope?: string;
-  time: number;
-  timeNano?: number;
-  // The pre-1.22 fields some engines still send.
-  status?: string;
-  id?: string;
-  from?: string;
-}
+/** `true` when every key of `A`, at every depth, is one of `B`'s (arrays item by item). */
+export type KeysWithin<A, B> = [A] extends [readonly (infer X)[]]
+  ? [B] extends [readonly (infer Y)[]]
+    ? KeysWithin<X, Y>
+    : false
+  : [A] extends [object]
+    ? [B] extends [object]
+      ? [Exclude<keyof A, keyof B>] extends [never]
+        ? false extends { [K in keyof A & keyof B]-?: KeysWithin<NonNullable<A[K]>, NonNullable<B[K]>> }[keyof A & keyof B]
+          ? false
+          : true
+        : false
+      : false
+    : true;
+const statsFit: KeysWithin<DockerStats, Wire.ContainerStats> = true;
+void statsFit;
 
 /** One line of Docker's JSON progress stream (`POST /images/create`). */
 export interface ProgressMessage {
