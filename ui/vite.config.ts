@@ -12,7 +12,8 @@ export default defineConfig({
     host: '127.0.0.1',
     port: 5173,
     strictPort: true,
-    proxy: { '/engine': { target: bridge, changeOrigin: true } },
+    // ws: the exec terminal's WebSocket goes through the same proxy.
+    proxy: { '/engine': { target: bridge, changeOrigin: true, ws: true } },
   },
   build: { outDir: 'dist', target: 'es2022', sourcemap: true },
   test: {

@@ -260,6 +260,29 @@ async function main() {
   );
   log('Images and Containers list them');
 
+  // 3b. The container's Terminal tab: a shell through exec_start/exec_write (a Channel both
+  // ways), the output read from xterm's buffer; leaving the tab ends the exec.
+  await exec(`location.hash = '#/containers/${id}/terminal'`);
+  await waitFor('the shell open', async () =>
+    (await exec("return document.querySelector('[data-testid=terminal-status]')?.textContent ?? ''")).includes('in the container'),
+  );
+  const termText = () =>
+    exec(
+      "const b = document.querySelector('[data-testid=terminal]')?.xterm?.buffer.active; if (!b) return ''; const out = []; for (let i = 0; i < b.length; i++) out.push(b.getLine(i)?.translateToString(true) ?? ''); return out.join('\\n');",
+    );
+  await waitFor('the prompt', async () => /[#$] ?$/m.test(await termText()));
+  const textarea = await find('[data-testid=terminal] textarea');
+  await wd('POST', s(`/element/${textarea}/value`), { text: 'echo berth-$((6*7))\uE007' });
+  await waitFor('berth-42 in the terminal', async () => (await termText()).includes('berth-42'));
+  const execId = await exec("return document.querySelector('[data-testid=terminal]')?.dataset.execId ?? ''");
+  check(!!execId, 'the exec id on the terminal');
+  await exec(`location.hash = '#/containers/${id}/logs'`);
+  await waitFor('the exec ended after leaving the tab', async () => {
+    const r = await engine('GET', `/exec/${execId}/json`);
+    return r.status === 200 && JSON.parse(r.body).Running === false;
+  });
+  log('a shell in the Terminal tab: berth-42, ended on leaving');
+
   // 4. Preferences: a Docker Hub mirror saved; berthd's settings file has it.
   await click('nav[aria-label="Main"] a[href="#/preferences/registries"]');
   await waitFor('the Docker Hub card', () => exec("return !!document.querySelector('section[data-registry=\"docker.io\"]')"));

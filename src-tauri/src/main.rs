@@ -4,6 +4,7 @@
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod engine;
+mod exec;
 mod menu;
 mod prefs;
 mod sidecar;
@@ -128,6 +129,68 @@ async fn forward_stream(
 #[tauri::command]
 fn engine_stream_cancel(engine: State<'_, Engine>, id: String) {
     engine.cancel_stream(&id);
+}
+
+/// Starts exec `exec` attached (its hijacked stream); answers at once, then `open` (101),
+/// the output's `chunk`s and `end` (or a refusal's status and body) follow on `channel`.
+#[tauri::command]
+async fn exec_start(
+    app: AppHandle,
+    engine: State<'_, Engine>,
+    sessions: State<'_, exec::Sessions>,
+    id: String,
+    exec: String,
+    channel: Channel<StreamEvent>,
+) -> Result<(), IpcError> {
+    exec::start_request(&exec)?;
+    let socket = engine.socket.clone();
+    let key = id.clone();
+    sessions.add(id, move |input| {
+        tauri::async_runtime::spawn(async move {
+            if let Err(e) = exec::run(&socket, &exec, &channel, input).await {
+                let e = app.state::<Engine>().explain(e);
+                let _ = channel.send(StreamEvent::Error {
+                    code: e.code.to_owned(),
+                    message: e.message,
+                });
+            }
+            app.state::<exec::Sessions>().ended(&key);
+        })
+    });
+    Ok(())
+}
+
+/// Input for an exec session (`data`: base64), written after what came before.
+#[tauri::command]
+fn exec_write(
+    sessions: State<'_, exec::Sessions>,
+    id: String,
+    data: String,
+) -> Result<(), IpcError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.as_bytes())
+        .map_err(|e| IpcError::new("bad_request", format!("exec input is not base64: {e}")))?;
+    sessions.write(&id, bytes)
+}
+
+/// `POST /exec/{exec}/resize?h=rows&w=cols`; every HTTP status is an answer.
+#[tauri::command]
+async fn exec_resize(
+    engine: State<'_, Engine>,
+    exec: String,
+    rows: u16,
+    cols: u16,
+) -> Result<EngineResponse, IpcError> {
+    let req = exec::resize_request(&exec, rows, cols)?;
+    transport::request(&engine.socket, &req)
+        .await
+        .map_err(|e| engine.explain(e))
+}
+
+/// Ends an exec session: its input is closed, its connection cut shortly after.
+#[tauri::command]
+fn exec_close(sessions: State<'_, exec::Sessions>, id: String) {
+    sessions.close(&id);
 }
 
 #[tauri::command]
@@ -302,6 +365,7 @@ fn main() {
             show_dashboard(app);
         }))
         .manage(Engine::new(socket))
+        .manage(exec::Sessions::default())
         .manage(AppPrefs {
             path: prefs_path,
             prefs: Mutex::new(loaded),
@@ -310,6 +374,10 @@ fn main() {
             engine_request,
             engine_stream,
             engine_stream_cancel,
+            exec_start,
+            exec_write,
+            exec_resize,
+            exec_close,
             engine_status,
             engine_start,
             engine_stop,

@@ -152,23 +152,7 @@ pub async fn send(
     socket: &Path,
     req: &EngineRequest,
 ) -> Result<(Response<Incoming>, ConnGuard), IpcError> {
-    let method = hyper::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| IpcError::new("bad_request", format!("bad method {:?}", req.method)))?;
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(target(req)?)
-        .header(hyper::header::HOST, "berthd");
-    for (k, v) in &req.headers {
-        if k.eq_ignore_ascii_case("host") || k.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
-    let request = builder
-        .body(body)
-        .map_err(|e| IpcError::new("bad_request", e.to_string()))?;
-
+    let request = build(req, false)?;
     let stream = connect(socket).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -176,13 +160,90 @@ pub async fn send(
     let guard = ConnGuard(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let resp = sender.send_request(request).await.map_err(|e| {
+    let resp = sender.send_request(request).await.map_err(not_answered)?;
+    Ok((resp, guard))
+}
+
+fn not_answered(e: hyper::Error) -> IpcError {
+    IpcError::new(
+        "engine_not_answering",
+        format!("berthd closed the connection before answering: {e}"),
+    )
+}
+
+/// The hyper request for `req`; `upgrade` asks berthd to hijack the connection
+/// (`Connection: Upgrade`, `Upgrade: tcp`, as the docker CLI does for attach and exec start).
+fn build(req: &EngineRequest, upgrade: bool) -> Result<hyper::Request<Full<Bytes>>, IpcError> {
+    let method = hyper::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| IpcError::new("bad_request", format!("bad method {:?}", req.method)))?;
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(target(req)?)
+        .header(hyper::header::HOST, "berthd");
+    for (k, v) in &req.headers {
+        if k.eq_ignore_ascii_case("host")
+            || k.eq_ignore_ascii_case("content-length")
+            || (upgrade
+                && (k.eq_ignore_ascii_case("connection") || k.eq_ignore_ascii_case("upgrade")))
+        {
+            continue;
+        }
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    if upgrade {
+        builder = builder
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header(hyper::header::UPGRADE, "tcp");
+    }
+    let body = Full::new(Bytes::from(req.body.clone().unwrap_or_default()));
+    builder
+        .body(body)
+        .map_err(|e| IpcError::new("bad_request", e.to_string()))
+}
+
+/// The connection berthd hijacked: raw bytes both ways.
+pub type Hijacked = TokioIo<hyper::upgrade::Upgraded>;
+
+/// What an upgrade request got: the hijacked connection (`101`), or an ordinary answer (an
+/// unknown exec, a container that is not running) with its body still to read.
+pub enum Upgrade {
+    Switched {
+        status: u16,
+        headers: BTreeMap<String, String>,
+        io: Hijacked,
+    },
+    Refused(Response<Incoming>, ConnGuard),
+}
+
+/// Sends `req` asking for the connection to be upgraded (exec start, attach).
+pub async fn upgrade(socket: &Path, req: &EngineRequest) -> Result<Upgrade, IpcError> {
+    let request = build(req, true)?;
+    let stream = connect(socket).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| IpcError::new("transport", format!("HTTP handshake with berthd: {e}")))?;
+    // The connection's task ends when the upgrade hands the socket over.
+    let guard = ConnGuard(tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    }));
+    let resp = sender.send_request(request).await.map_err(not_answered)?;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Upgrade::Refused(resp, guard));
+    }
+    let status = resp.status().as_u16();
+    let headers = headers_of(&resp);
+    let upgraded = hyper::upgrade::on(resp).await.map_err(|e| {
         IpcError::new(
-            "engine_not_answering",
-            format!("berthd closed the connection before answering: {e}"),
+            "transport",
+            format!("berthd switched protocols but the connection was lost: {e}"),
         )
     })?;
-    Ok((resp, guard))
+    drop(guard);
+    Ok(Upgrade::Switched {
+        status,
+        headers,
+        io: TokioIo::new(upgraded),
+    })
 }
 
 /// The answer's headers, names lower-case, repeated ones joined with ", ".

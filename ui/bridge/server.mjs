@@ -12,12 +12,22 @@
 //   node bridge/server.mjs [--socket PATH] [--port N] [--dist DIR] [--token T]
 //
 // Also a module: `startBridge({ socket, port, dist, token })` (the end-to-end tests use it).
+//
+// An exec's hijacked stream (`POST /exec/{id}/start` with `Upgrade: tcp`) is something a browser
+// cannot open, so the bridge offers it as a WebSocket on `/engine/exec/{id}/start`: the same
+// Host check, the token in the subprotocol list (`berth.token.<token>`, a browser cannot set
+// headers on a WebSocket) beside `berth.exec.v1`, and an Origin of 127.0.0.1/localhost (a page
+// of any origin may open a WebSocket, so the token is what keeps them out). Binary messages carry
+// the raw bytes both ways; the bridge's first message is the text `{"event":"open","status":101}`
+// once berthd switched protocols. An exec berthd refuses closes the WebSocket with code
+// 4000 + its HTTP status and its message as the reason; the process's end closes it with 1000.
 
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { WebSocketServer } from 'ws';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -75,6 +85,34 @@ function sameToken(a, b) {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
   return x.length === y.length && crypto.timingSafeEqual(x, y);
+}
+
+/** The subprotocol of the exec WebSocket (docs/ui.md). */
+export const EXEC_PROTOCOL = 'berth.exec.v1';
+const TOKEN_PROTOCOL = 'berth.token.';
+
+/**
+ * A WebSocket close reason: at most 123 bytes of UTF-8.
+ * @param {string} s
+ */
+function closeReason(s) {
+  let out = s.replace(/\s+/g, ' ').trim();
+  while (Buffer.byteLength(out) > 123) out = out.slice(0, -1);
+  return out;
+}
+
+/**
+ * Refuses an upgrade request with a plain HTTP answer.
+ * @param {import('node:stream').Duplex} sock
+ * @param {number} status
+ * @param {string} message
+ */
+function refuseUpgrade(sock, status, message) {
+  const body = JSON.stringify({ message });
+  sock.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 /**
@@ -190,10 +228,120 @@ export function startBridge(opts = {}) {
     }
     serveStatic(req, res, url.pathname);
   });
-  // Attach and exec hijack the connection; the UI does not use them yet.
-  server.on('upgrade', (_req, sock) => {
-    sock.end('HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n');
+  // An exec's hijacked stream, as a WebSocket (see the top of the file). Nothing else upgrades.
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: 1 << 20,
+    handleProtocols: (protocols) => (protocols.has(EXEC_PROTOCOL) ? EXEC_PROTOCOL : false),
   });
+  /** @param {string | undefined} origin */
+  const originAllowed = (origin) => {
+    if (origin === undefined) return true; // not a browser
+    try {
+      const u = new URL(origin);
+      return u.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname);
+    } catch {
+      return false;
+    }
+  };
+  server.on('upgrade', (req, sock, head) => {
+    if (!hostAllowed(req.headers.host)) return refuseUpgrade(sock, 421, 'unexpected Host header');
+    const url = new URL(req.url ?? '/', `http://${req.headers.host}`);
+    const m = /^\/engine\/exec\/([A-Za-z0-9_.-]{1,128})\/start$/.exec(url.pathname);
+    if (!m || String(req.headers.upgrade).toLowerCase() !== 'websocket') {
+      return refuseUpgrade(sock, 501, 'only an exec start is offered as a WebSocket (/engine/exec/{id}/start)');
+    }
+    if (!originAllowed(req.headers.origin)) return refuseUpgrade(sock, 403, 'cross-origin requests are not allowed');
+    const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+      .split(',')
+      .map((p) => p.trim());
+    const given = offered.find((p) => p.startsWith(TOKEN_PROTOCOL))?.slice(TOKEN_PROTOCOL.length);
+    if (token !== null && (given === undefined || !sameToken(given, token))) {
+      return refuseUpgrade(sock, 401, 'missing or wrong token (open the URL the bridge printed)');
+    }
+    if (!offered.includes(EXEC_PROTOCOL)) return refuseUpgrade(sock, 400, `the WebSocket must offer ${EXEC_PROTOCOL}`);
+    wss.handleUpgrade(req, sock, head, (ws) => execStream(ws, m[1]));
+  });
+
+  /**
+   * Starts exec `id` on berthd with the connection upgraded, and pipes it to `ws` both ways.
+   * @param {import('ws').WebSocket} ws
+   * @param {string} id
+   */
+  function execStream(ws, id) {
+    const target = `/exec/${id}/start`;
+    log(`WS POST ${target}`);
+    /** @type {import('node:stream').Duplex | null} */
+    let conn = null;
+    const body = JSON.stringify({ Detach: false, Tty: true });
+    const upstream = http.request({
+      socketPath: socket,
+      method: 'POST',
+      path: target,
+      headers: {
+        host: 'berthd',
+        'Content-Type': 'application/json',
+        'Content-Length': Buffer.byteLength(body),
+        Connection: 'Upgrade',
+        Upgrade: 'tcp',
+      },
+    });
+    upstream.on('upgrade', (res, s, rest) => {
+      conn = s;
+      if (ws.readyState !== ws.OPEN) return s.destroy();
+      s.setNoDelay?.(true);
+      ws.send(JSON.stringify({ event: 'open', status: res.statusCode }));
+      /** @param {Buffer} d */
+      const out = (d) => {
+        if (ws.readyState !== ws.OPEN) return;
+        // Output faster than the page reads it waits in the socket, not in memory.
+        if (ws.bufferedAmount > 1 << 20) s.pause();
+        ws.send(d, () => {
+          if (s.isPaused() && ws.bufferedAmount < 1 << 18) s.resume();
+        });
+      };
+      if (rest.length) out(rest);
+      s.on('data', out);
+      s.on('end', () => ws.close(1000, 'the process exited'));
+      s.on('error', () => ws.close(1011, 'the connection to berthd broke'));
+      s.on('close', () => {
+        if (ws.readyState === ws.OPEN) ws.close(1000, 'the process exited');
+      });
+    });
+    upstream.on('response', (res) => {
+      const parts = /** @type {Buffer[]} */ ([]);
+      res.on('data', (c) => parts.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(parts).toString('utf8');
+        let message = text.trim() || `HTTP ${res.statusCode}`;
+        try {
+          const v = JSON.parse(text);
+          if (v && typeof v.message === 'string') message = v.message;
+        } catch {
+          // not JSON: the text is the message
+        }
+        const status = res.statusCode ?? 502;
+        ws.close(4000 + (status >= 100 && status < 1000 ? status : 502), closeReason(message));
+      });
+    });
+    upstream.on('error', (e) => {
+      if (!conn) ws.close(4502, closeReason(`berthd at ${socket}: ${e.message}`));
+    });
+    ws.on('message', (data) => {
+      if (!conn) return; // nothing is sent before the open message
+      conn.write(Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(new Uint8Array(data)));
+    });
+    // The page went away or closed the terminal: so does the connection to berthd.
+    // Input already sent is written first (a shell told to exit gets to read it).
+    ws.on('close', () => {
+      const c = conn;
+      if (!c) return upstream.destroy();
+      c.end();
+      setTimeout(() => c.destroy(), 2_000).unref();
+    });
+    ws.on('error', () => ws.terminate());
+    upstream.end(body);
+  }
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));

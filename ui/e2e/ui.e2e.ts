@@ -364,6 +364,127 @@ describe('the UI against a real berthd', () => {
     await shot('preferences-json');
   });
 
+  it('runs a container with a named volume from the Run dialog (validated inline)', async () => {
+    await nav('Images');
+    await page.getByRole('button', { name: `Run ${image()}` }).click();
+    const dlg = page.getByRole('dialog', { name: `Run ${image()}` });
+    await dlg.getByLabel('Container name', { exact: false }).first().fill('e2e-vol');
+    await dlg.getByRole('button', { name: 'Add volume' }).click();
+    await dlg.getByLabel('Volume 1 source').fill('e2e-data');
+    await dlg.getByLabel('Volume 1 target').fill('data');
+    const run = dlg.getByRole('button', { name: 'Run', exact: true });
+    await expect.poll(() => dlg.getByTestId('volume-error').first().textContent(), WAIT).toMatch(/must be absolute/);
+    expect(await run.isDisabled()).toBe(true);
+    await dlg.getByLabel('Volume 1 target').fill('/data');
+    // A second row on the same target is refused too, then removed.
+    await dlg.getByRole('button', { name: 'Add volume' }).click();
+    await dlg.getByLabel('Volume 2 source').fill('e2e-other');
+    await dlg.getByLabel('Volume 2 target').fill('/data/');
+    await expect.poll(() => dlg.getByTestId('volume-error').nth(1).textContent(), WAIT).toContain('already the target of volume 1');
+    expect(await run.isDisabled()).toBe(true);
+    await shot('images-run-volumes');
+    await dlg.getByRole('button', { name: 'Remove volume 2' }).click();
+    await expect.poll(() => run.isEnabled(), WAIT).toBe(true);
+    await dlg.getByLabel(/^Command/).fill(`sh -c 'echo kept > /data/f; trap "exit 0" TERM; while true; do sleep 1; done'`);
+    await dlg.getByRole('button', { name: 'Run', exact: true }).click();
+    await dlg.waitFor({ state: 'hidden', ...WAIT });
+    await page.getByText(/Started e2e-vol/).waitFor(WAIT);
+    const c = (await engineCall(berthd.socket, 'GET', '/containers/e2e-vol/json')).json();
+    expect(c.HostConfig.Binds).toEqual(['e2e-data:/data']);
+    const m = (c.Mounts as { Type: string; Name?: string; Destination: string; RW: boolean }[]).find((x) => x.Destination === '/data');
+    expect(m).toMatchObject({ Type: 'volume', Name: 'e2e-data', RW: true });
+    const vols = (await engineCall(berthd.socket, 'GET', '/volumes')).json().Volumes as { Name: string }[];
+    expect(vols.map((v) => v.Name)).toContain('e2e-data');
+  });
+
+  it('shows live stats graphs of a running container, fed by the stats stream', async () => {
+    await nav('Containers');
+    await page.getByRole('link', { name: 'e2e-vol', exact: true }).click();
+    await page.getByRole('tab', { name: 'Stats' }).click();
+    const cpu = page.getByRole('img', { name: /^CPU, last minute/ });
+    await cpu.waitFor(WAIT);
+    const graphs = page.getByTestId('graph');
+    expect(await graphs.count()).toBe(4);
+    // One sample a second: the CPU line gets points (the first sample has no CPU figure).
+    await expect.poll(async () => Number(await graphs.first().getAttribute('data-points')), WAIT).toBeGreaterThanOrEqual(3);
+    expect(await page.getByTestId('stat-cpu').textContent()).toMatch(/^\d+\.\d %$/);
+    expect(await page.getByTestId('stat-memory').textContent()).toMatch(/^\d[\d.]* (B|kB|MB|GB)( of .+)?$/);
+    expect(await page.getByTestId('stat-net').textContent()).toMatch(/rx .+\/s tx .+\/s/);
+    expect(await cpu.getAttribute('aria-label')).toMatch(/now \d+\.\d %/);
+    const path = await graphs.first().locator('path').getAttribute('d');
+    expect(path).toMatch(/^M[\d.]+ [\d.]+ L/);
+    // A few more seconds of line for the picture.
+    await expect.poll(async () => Number(await graphs.first().getAttribute('data-points')), WAIT).toBeGreaterThanOrEqual(6);
+    await shot('container-stats');
+    await page.emulateMedia({ colorScheme: 'dark' });
+    await shot('container-stats-dark');
+    await page.emulateMedia({ colorScheme: 'light' });
+    // The stream closes when the container stops (no figures, no request left open)…
+    const isStats = (r: { url: () => string }) => /\/engine\/containers\/[^/]+\/stats\?stream=1/.test(r.url());
+    let closed = page.waitForEvent('requestfailed', { predicate: isStats, timeout: 30_000 });
+    await engineCall(berthd.socket, 'POST', '/containers/e2e-vol/stop');
+    await closed;
+    await page.getByTestId('stats-idle').waitFor(WAIT);
+    // …opens again when it starts, and closes when the tab is left.
+    const reopened = page.waitForRequest(isStats, { timeout: 30_000 });
+    await engineCall(berthd.socket, 'POST', '/containers/e2e-vol/start');
+    await reopened;
+    await expect.poll(async () => Number(await graphs.first().getAttribute('data-points')), WAIT).toBeGreaterThanOrEqual(1);
+    closed = page.waitForEvent('requestfailed', { predicate: isStats, timeout: 30_000 });
+    await page.getByRole('tab', { name: 'Logs' }).click();
+    await closed;
+  });
+
+  it('selects two containers (a checkbox, and Space on a filtered list), bulk-stops and bulk-deletes them', async () => {
+    await nav('Containers');
+    const grid = page.getByRole('grid', { name: /^Containers/ });
+    await grid.getByRole('checkbox', { name: 'Select e2e-vol' }).check();
+    // The keyboard: filter the list, the grid's first row is e2e-dark, Space selects it.
+    await page.locator('#c-search').fill('e2e-dark');
+    await expect.poll(() => grid.getByRole('row').filter({ hasText: 'e2e-vol' }).count(), WAIT).toBe(0);
+    await grid.focus();
+    await page.keyboard.press('Home');
+    await page.keyboard.press(' ');
+    expect(await grid.getByRole('checkbox', { name: 'Select e2e-dark' }).isChecked()).toBe(true);
+    await page.locator('#c-search').fill('');
+    const bar = page.getByTestId('bulk-bar');
+    await expect.poll(() => bar.getByTestId('selected-count').textContent(), WAIT).toBe('2 selected');
+    await shot('containers-bulk');
+    await bar.getByRole('button', { name: 'Stop 2' }).click();
+    for (const n of ['e2e-vol', 'e2e-dark']) {
+      await expect.poll(() => grid.getByRole('row').filter({ hasText: n }).textContent(), WAIT).toContain('exited');
+    }
+    await page.getByText(/Stopped 2 containers/).waitFor(WAIT);
+    await bar.getByRole('button', { name: 'Delete 2…' }).click();
+    const dlg = page.getByRole('dialog', { name: 'Delete 2 containers?' });
+    await dlg.getByRole('button', { name: 'Delete 2' }).click();
+    for (const n of ['e2e-vol', 'e2e-dark']) {
+      await expect.poll(() => grid.getByRole('row').filter({ hasText: n }).count(), WAIT).toBe(0);
+    }
+    expect(await page.getByTestId('bulk-bar').count()).toBe(0);
+    const left = (await engineCall(berthd.socket, 'GET', '/containers/json?all=1')).json() as { Names: string[] }[];
+    expect(left.map((c) => c.Names[0])).not.toContain('/e2e-vol');
+    expect(left.map((c) => c.Names[0])).not.toContain('/e2e-dark');
+  });
+
+  it('selects image names and bulk-deletes them', async () => {
+    for (const t of ['1', '2']) {
+      expect((await engineCall(berthd.socket, 'POST', `/images/${encodeURIComponent(image())}/tag?repo=e2e/bulk&tag=${t}`)).status).toBe(201);
+    }
+    await nav('Images');
+    const grid = page.getByRole('grid', { name: /^Images/ });
+    // Image events re-read the list.
+    await expect.poll(() => grid.getByText('e2e/bulk', { exact: true }).count(), WAIT).toBe(2);
+    await page.locator('#i-search').fill('e2e/bulk');
+    await grid.getByRole('checkbox', { name: /^Select all 2 shown/ }).check();
+    await page.locator('#i-search').fill('');
+    const bar = page.getByTestId('image-bulk-bar');
+    await bar.getByRole('button', { name: 'Delete 2…' }).click();
+    await page.getByRole('dialog', { name: 'Delete 2 image names?' }).getByRole('button', { name: 'Delete 2' }).click();
+    await expect.poll(() => grid.getByText('e2e/bulk', { exact: true }).count(), WAIT).toBe(0);
+    expect(await grid.getByText(`${open}/berth/busybox`, { exact: true }).count()).toBe(1);
+  });
+
   it('logged no errors in the page', () => {
     // Chromium also logs every non-2xx answer ("Failed to load resource"), listed with its URL
     // from the response handler; the 412 of the conflict step is the only one expected.

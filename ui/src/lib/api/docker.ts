@@ -21,6 +21,14 @@ import type {
   ValidationReport,
 } from './types';
 
+/** One volume of `GET /volumes` (the fields the UI reads). */
+export interface VolumeSummary {
+  Name: string;
+  Driver?: string;
+  Mountpoint?: string;
+  CreatedAt?: string;
+}
+
 function parse<T>(r: EngineResponse): T {
   if (r.status < 200 || r.status > 299) throw EngineError.fromResponse(r.status, r.text);
   if (!r.text) return undefined as T;
@@ -64,6 +72,17 @@ export class Engine {
   /** One stats object (`stream=false`: berthd takes two samples a second apart, for CPU). */
   containerStats(id: string): Promise<DockerStats> {
     return this.call({ method: 'GET', path: `/containers/${encodeURIComponent(id)}/stats`, query: { stream: false } });
+  }
+
+  /**
+   * Follows `GET /containers/{id}/stats?stream=1` (a stats object a second, each with the one
+   * before as precpu) until the body ends or `signal` aborts.
+   */
+  statsStream(id: string, onStats: (s: DockerStats) => void, signal: AbortSignal): Promise<void> {
+    const lines = new JsonLines<DockerStats>(onStats);
+    return this.backend
+      .stream({ method: 'GET', path: `/containers/${encodeURIComponent(id)}/stats`, query: { stream: 1 } }, { onChunk: (c) => lines.push(c) }, signal)
+      .then(() => lines.end());
   }
 
   /** The image's layers, newest first (`docker history`). */
@@ -181,6 +200,14 @@ export class Engine {
     );
     lines.end();
     if (failure) throw new EngineError(500, failure);
+  }
+
+  // --- volumes
+
+  /** The volumes (`GET /volumes`), by name. */
+  async listVolumes(): Promise<VolumeSummary[]> {
+    const r = await this.call<{ Volumes: VolumeSummary[] | null }>({ method: 'GET', path: '/volumes' });
+    return (r?.Volumes ?? []).slice().sort((a, b) => a.Name.localeCompare(b.Name));
   }
 
   // --- settings (Berth's admin API)

@@ -56,7 +56,7 @@ export function validName(name: string): boolean {
   return /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name);
 }
 
-export function createBody(o: RunOptions): Record<string, unknown> {
+export function createBody(o: RunSpec): Record<string, unknown> {
   const exposed: Record<string, object> = {};
   const bindings: Record<string, { HostIp: string; HostPort: string }[]> = {};
   for (const p of o.ports.filter((x) => x.trim())) {
@@ -69,8 +69,10 @@ export function createBody(o: RunOptions): Record<string, unknown> {
     Image: o.image,
     Env: o.env.filter((x) => x.trim()).map(parseEnv),
     ExposedPorts: exposed,
-    HostConfig: { PortBindings: bindings },
+    HostConfig: { PortBindings: bindings } as Record<string, unknown>,
   };
+  const binds = volumeBinds(o.volumes ?? []);
+  if (binds.length) (body.HostConfig as Record<string, unknown>).Binds = binds;
   if (o.cmd && o.cmd.length) body.Cmd = o.cmd;
   return body;
 }
@@ -111,4 +113,91 @@ export function splitCommand(line: string): string[] {
   if (quote) throw new Error(`unclosed ${quote} in the command`);
   if (has || cur) out.push(cur);
   return out;
+}
+
+// --- Volumes: `docker run -v source:target[:ro]`.
+
+/** One row of the run dialog's volumes: a named volume or an absolute host path, a target. */
+export interface VolumeRow {
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+/** A run request with volumes (RunOptions and the rows; `createBody` maps them). */
+export interface RunSpec extends RunOptions {
+  volumes?: VolumeRow[];
+}
+
+export interface VolumeRowErrors {
+  source?: string;
+  target?: string;
+}
+
+/** dockerd's volume name rule (a volume is one directory of `volumes/`). */
+const VOLUME_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]+$/;
+
+/** What the source of a row is: a named volume, a host path (a bind) or nothing yet. */
+export function volumeKind(source: string): 'volume' | 'bind' | 'empty' {
+  const s = source.trim();
+  if (!s) return 'empty';
+  return s.startsWith('/') || s.includes('/') || s.startsWith('.') || s.startsWith('~') ? 'bind' : 'volume';
+}
+
+/** `/a//b/` → `/a/b`: targets compared for duplicates as dockerd cleans them. */
+export function cleanPath(p: string): string {
+  const parts: string[] = [];
+  for (const seg of p.trim().split('/')) {
+    if (!seg || seg === '.') continue;
+    if (seg === '..') parts.pop();
+    else parts.push(seg);
+  }
+  return '/' + parts.join('/');
+}
+
+/**
+ * Each row's problems, by field (an empty row has none and is left out of the request):
+ * a source that is a valid volume name or an absolute host path, an absolute target other than
+ * `/`, no `:` (the `-v` form's separator), and no target twice.
+ */
+export function validateVolumes(rows: VolumeRow[]): VolumeRowErrors[] {
+  const errors: VolumeRowErrors[] = rows.map(() => ({}));
+  const seen = new Map<string, number>();
+  rows.forEach((r, i) => {
+    const source = r.source.trim();
+    const target = r.target.trim();
+    if (!source && !target) return;
+    const e = errors[i];
+    const kind = volumeKind(source);
+    if (kind === 'empty') e.source = 'Name a volume or give an absolute host path';
+    else if (source.includes(':')) e.source = 'A source cannot contain ":"';
+    else if (kind === 'bind' && !source.startsWith('/')) e.source = `A host path must be absolute (start with /): "${source}"`;
+    else if (kind === 'volume' && !VOLUME_NAME.test(source)) {
+      e.source = `"${source}" is not a volume name: two or more letters, digits, _ . - (starting with a letter or digit)`;
+    }
+    if (!target) e.target = 'The path in the container is needed';
+    else if (!target.startsWith('/')) e.target = `The path in the container must be absolute (start with /): "${target}"`;
+    else if (target.includes(':')) e.target = 'The path in the container cannot contain ":"';
+    else if (cleanPath(target) === '/') e.target = 'The container\'s root "/" cannot be a mount point';
+    else {
+      const key = cleanPath(target);
+      const first = seen.get(key);
+      if (first !== undefined) e.target = `${key} is already the target of volume ${first + 1}`;
+      else seen.set(key, i);
+    }
+  });
+  return errors;
+}
+
+/**
+ * The rows as the docker CLI sends `-v`: `HostConfig.Binds` entries `source:target[:ro]`, for
+ * named volumes (created by the engine when missing) and host paths alike. Throws on a bad row.
+ */
+export function volumeBinds(rows: VolumeRow[]): string[] {
+  const errors = validateVolumes(rows);
+  const bad = errors.findIndex((e) => e.source || e.target);
+  if (bad >= 0) throw new Error(`volume ${bad + 1}: ${errors[bad].source ?? errors[bad].target}`);
+  return rows
+    .filter((r) => r.source.trim() || r.target.trim())
+    .map((r) => `${r.source.trim()}:${r.target.trim()}${r.readOnly ? ':ro' : ''}`);
 }

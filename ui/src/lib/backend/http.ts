@@ -9,6 +9,8 @@ import {
   type Backend,
   type EngineRequest,
   type EngineResponse,
+  type ExecHandlers,
+  type ExecSession,
   type StreamHandlers,
 } from './types';
 
@@ -20,7 +22,14 @@ export interface HttpBackendOptions {
   fetch?: typeof fetch;
   /** Where the app's preferences are kept (a browser has no app): localStorage by default. */
   storage?: Pick<Storage, 'getItem' | 'setItem'>;
+  /** The WebSocket class (a stand-in in tests). */
+  WebSocket?: typeof WebSocket;
+  /** What relative URLs are resolved against (the page's address by default). */
+  location?: string;
 }
+
+/** The exec WebSocket's subprotocol (bridge/server.mjs); the token travels as another one. */
+export const EXEC_PROTOCOL = 'berth.exec.v1';
 
 export const PREFS_KEY = 'berth-app-prefs';
 
@@ -65,12 +74,79 @@ export class HttpBackend implements Backend {
   private readonly fetchFn: typeof fetch;
 
   private readonly storage?: Pick<Storage, 'getItem' | 'setItem'>;
+  private readonly ws?: typeof WebSocket;
+  private readonly location?: string;
 
   constructor(opts: HttpBackendOptions = {}) {
     this.base = (opts.baseUrl ?? '').replace(/\/$/, '') + '/engine';
     this.token = opts.token;
     this.fetchFn = opts.fetch ?? globalThis.fetch.bind(globalThis);
     this.storage = opts.storage;
+    this.ws = opts.WebSocket;
+    this.location = opts.location;
+  }
+
+  /**
+   * The bridge's WebSocket on `/engine/exec/{id}/start` (bridge/server.mjs): binary messages
+   * both ways, `{"event":"open"}` first; a refused exec closes it with 4000 + berthd's status.
+   */
+  execStart(execId: string, handlers: ExecHandlers): Promise<ExecSession> {
+    const WS = this.ws ?? globalThis.WebSocket;
+    const url = new URL(`${this.base}/exec/${encodeURIComponent(execId)}/start`, this.location ?? globalThis.location?.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const protocols = [EXEC_PROTOCOL];
+    if (this.token) protocols.push(`berth.token.${this.token}`);
+    return new Promise<ExecSession>((resolve, reject) => {
+      let ws: WebSocket;
+      try {
+        ws = new WS(url.toString(), protocols);
+      } catch (e) {
+        reject(new EngineError(0, `cannot reach the bridge: ${(e as Error).message}`));
+        return;
+      }
+      ws.binaryType = 'arraybuffer';
+      let opened = false;
+      let closedByUs = false;
+      const encoder = new TextEncoder();
+      const session: ExecSession = {
+        send: (data) => {
+          if (ws.readyState !== WS.OPEN) return;
+          ws.send(typeof data === 'string' ? encoder.encode(data) : data);
+        },
+        resize: async (rows, cols) => {
+          const r = await this.request({ method: 'POST', path: `/exec/${encodeURIComponent(execId)}/resize`, query: { h: rows, w: cols } });
+          if (r.status < 200 || r.status > 299) throw EngineError.fromResponse(r.status, r.text);
+        },
+        close: () => {
+          closedByUs = true;
+          if (ws.readyState === WS.CONNECTING || ws.readyState === WS.OPEN) ws.close(1000);
+        },
+      };
+      ws.onmessage = (m: MessageEvent) => {
+        if (typeof m.data === 'string') {
+          if (!opened) {
+            opened = true;
+            resolve(session);
+          }
+          return;
+        }
+        if (opened) handlers.onData(new Uint8Array(m.data as ArrayBuffer));
+      };
+      ws.onclose = (ev: CloseEvent) => {
+        const refused = ev.code >= 4000 && ev.code < 5000;
+        const err = refused
+          ? new EngineError(ev.code - 4000, ev.reason || `HTTP ${ev.code - 4000}`)
+          : ev.code === 1000
+            ? undefined
+            : new EngineError(0, `the terminal's connection broke (${ev.code}${ev.reason ? ': ' + ev.reason : ''})`);
+        if (!opened) {
+          opened = true;
+          reject(err ?? new EngineError(0, 'the bridge closed the terminal before it started'));
+          return;
+        }
+        if (!closedByUs) handlers.onClose(err);
+      };
+    });
   }
 
   private init(req: EngineRequest, signal?: AbortSignal): [string, RequestInit] {

@@ -28,3 +28,4 @@ export function createBackend(): Backend {
   if (inTauri()) return new TauriBackend();
   return new HttpBackend({ token: bridgeToken() });
 }
+export { openShell, execState, exitMessage, shellExecBody, type Shell, type ShellOptions } from './exec';

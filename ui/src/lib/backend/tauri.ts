@@ -10,6 +10,14 @@
 //                        { event: 'error', code, message }
 //       a non-2xx status arrives as 'open' followed by the body's chunks and 'end'.
 //   invoke('engine_stream_cancel', { id })
+//   invoke('exec_start', { id, exec, channel })                                -> null
+//       channel receives { event: 'open', status: 101, headers } once berthd switched protocols,
+//                        { event: 'chunk', data } … (the process's output), { event: 'end' }
+//                        when it exits, or { event: 'error', code, message };
+//       a refused start arrives as 'open' with its status, the body's chunks and 'end'.
+//   invoke('exec_write', { id, data })   (data: base64)                        -> null
+//   invoke('exec_resize', { exec, rows, cols })                                  -> { status, headers, body }
+//   invoke('exec_close', { id })                                                 -> null
 //
 // `request` is `EngineRequest` with `body` already serialised to text.
 import { Channel, invoke } from '@tauri-apps/api/core';
@@ -20,6 +28,8 @@ import {
   type Backend,
   type EngineRequest,
   type EngineResponse,
+  type ExecHandlers,
+  type ExecSession,
   type QueryValue,
   type StreamHandlers,
 } from './types';
@@ -79,6 +89,12 @@ function fromBase64(s: string): Uint8Array {
   return out;
 }
 
+function toBase64(bytes: Uint8Array): string {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
 let streamSeq = 0;
 
 export class TauriBackend implements Backend {
@@ -109,6 +125,10 @@ export class TauriBackend implements Backend {
     } catch (e) {
       throw ipcError(e);
     }
+  }
+
+  execStart(execId: string, handlers: ExecHandlers): Promise<ExecSession> {
+    return tauriExecStart(execId, handlers);
   }
 
   stream(req: EngineRequest, handlers: StreamHandlers, signal?: AbortSignal): Promise<void> {
@@ -160,6 +180,112 @@ export class TauriBackend implements Backend {
       );
     });
   }
+}
+
+export class TauriExecSession implements ExecSession {
+  private queue: Uint8Array[] = [];
+  private writing = false;
+  private closed = false;
+  /** Whether the owner called `close()`. */
+  closedByOwner = false;
+  private readonly encoder = new TextEncoder();
+
+  constructor(
+    private readonly id: string,
+    private readonly exec: string,
+  ) {}
+
+  /** Input is written one `exec_write` at a time, so keystrokes keep their order. */
+  send(data: string | Uint8Array): void {
+    if (this.closed) return;
+    this.queue.push(typeof data === 'string' ? this.encoder.encode(data) : data);
+    if (!this.writing) void this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length && !this.closed) {
+      const data = concat(this.queue.splice(0));
+      try {
+        await invoke('exec_write', { id: this.id, data: toBase64(data) });
+      } catch {
+        // the session ended; its channel says so
+        this.queue = [];
+      }
+    }
+    this.writing = false;
+  }
+
+  async resize(rows: number, cols: number): Promise<void> {
+    let r: IpcResponse;
+    try {
+      r = await invoke<IpcResponse>('exec_resize', { exec: this.exec, rows, cols });
+    } catch (e) {
+      throw ipcError(e);
+    }
+    if (r.status < 200 || r.status > 299) throw EngineError.fromResponse(r.status, r.body);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closedByOwner = true;
+    invoke('exec_close', { id: this.id }).catch(() => {});
+  }
+
+  /** The session ended on its own (no `exec_close` needed). */
+  ended(): void {
+    this.closed = true;
+  }
+}
+
+/** `exec_start` and its channel (the contract at the top of the file). */
+export function tauriExecStart(execId: string, handlers: ExecHandlers): Promise<ExecSession> {
+  const id = `x${Date.now().toString(36)}-${++streamSeq}`;
+  const session = new TauriExecSession(id, execId);
+  return new Promise<ExecSession>((resolve, reject) => {
+    let state: 'starting' | 'open' | 'refused' | 'done' = 'starting';
+    let refusedStatus = 0;
+    const body: Uint8Array[] = [];
+    const end = (err?: EngineError) => {
+      const was = state;
+      state = 'done';
+      session.ended();
+      if (was === 'open') {
+        if (!session.closedByOwner) handlers.onClose(err);
+      }
+      else if (was === 'refused') reject(EngineError.fromResponse(refusedStatus, new TextDecoder().decode(concat(body))));
+      else if (was === 'starting') reject(err ?? new EngineError(0, 'the exec ended before it started'));
+    };
+    const channel = new Channel<IpcStreamEvent>();
+    channel.onmessage = (m) => {
+      if (state === 'done') return;
+      switch (m.event) {
+        case 'open':
+          if (m.status === 101) {
+            state = 'open';
+            resolve(session);
+          } else {
+            state = 'refused';
+            refusedStatus = m.status;
+          }
+          break;
+        case 'chunk': {
+          const bytes = fromBase64(m.data);
+          if (state === 'open') handlers.onData(bytes);
+          else body.push(bytes);
+          break;
+        }
+        case 'end':
+          end();
+          break;
+        case 'error':
+          end(ipcError(m));
+          break;
+      }
+    };
+    invoke('exec_start', { id, exec: execId, channel }).catch((e) => end(ipcError(e)));
+  });
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

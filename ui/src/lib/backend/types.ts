@@ -60,8 +60,37 @@ export const DEFAULT_PREFS: AppPrefs = {
   engineBackend: '',
 };
 
+/** What an exec session's owner hears (`Backend.execStart`). */
+export interface ExecHandlers {
+  /** Output of the process (with a TTY: the terminal's raw bytes). */
+  onData(chunk: Uint8Array): void;
+  /**
+   * The session ended: the process exited (berthd closed the stream; no argument) or the
+   * transport broke (`error`). Not called after the owner's own `close()`.
+   */
+  onClose(error?: EngineError): void;
+}
+
+/** A started exec: its hijacked stream, both ways (`POST /exec/{id}/start` upgraded). */
+export interface ExecSession {
+  /** Input for the process, in order (a string is sent as UTF-8). */
+  send(data: string | Uint8Array): void;
+  /** `POST /exec/{id}/resize?h=&w=`: the terminal's size in rows and columns. */
+  resize(rows: number, cols: number): Promise<void>;
+  /** Ends the stream (the connection to berthd is closed). */
+  close(): void;
+}
+
 export interface Backend {
   readonly kind: 'http' | 'tauri';
+  /**
+   * Starts exec `execId` (made with `POST /containers/{id}/exec`) attached: berthd's hijacked
+   * connection, which a browser cannot open itself, carried by the bridge's WebSocket or the
+   * shell's `exec_*` commands. Resolves once berthd switched protocols; rejects with an
+   * `EngineError` (berthd's status and message: 404 for an unknown exec, 409 for a container
+   * that is not running) otherwise.
+   */
+  execStart(execId: string, handlers: ExecHandlers): Promise<ExecSession>;
   /** The app's preferences (defaults for keys not stored). */
   getPrefs(): Promise<AppPrefs>;
   /** Stores the whole preferences object; resolves to what is now in force. */

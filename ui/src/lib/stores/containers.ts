@@ -139,3 +139,106 @@ export function matchesFilter(c: ContainerSummary, f: ContainerFilter): boolean 
 export function filtered(store: Readable<ListState<ContainerSummary>>, filter: Readable<ContainerFilter>) {
   return derived([store, filter], ([s, f]) => s.items.filter((c) => matchesFilter(c, f)));
 }
+
+// --- Bulk actions: the list's selection and running an action over many containers.
+
+/** Selected ids, a new set for each change (so a store or `$state` sees it). */
+export function toggleSelected(sel: ReadonlySet<string>, id: string, on = !sel.has(id)): Set<string> {
+  const next = new Set(sel);
+  if (on) next.add(id);
+  else next.delete(id);
+  return next;
+}
+
+/** Whether the shown rows are all, some or none selected (the select-all box's state). */
+export function selectionOf(sel: ReadonlySet<string>, shownIds: string[]): 'none' | 'some' | 'all' {
+  let n = 0;
+  for (const id of shownIds) if (sel.has(id)) n++;
+  return n === 0 ? 'none' : n === shownIds.length ? 'all' : 'some';
+}
+
+/**
+ * The select-all box: with every shown row selected it clears them, else it selects them all
+ * (the whole filtered list, not only the rows a windowed list has in the DOM). Rows the filter
+ * hides keep their state.
+ */
+export function toggleAllShown(sel: ReadonlySet<string>, shownIds: string[]): Set<string> {
+  const next = new Set(sel);
+  if (shownIds.length && selectionOf(sel, shownIds) === 'all') for (const id of shownIds) next.delete(id);
+  else for (const id of shownIds) next.add(id);
+  return next;
+}
+
+/** The selected containers among those shown (what a bulk action acts on), in list order. */
+export function selectedShown(sel: ReadonlySet<string>, shown: ContainerSummary[]): ContainerSummary[] {
+  return shown.filter((c) => sel.has(c.Id));
+}
+
+/** Drops the ids of containers that are gone. */
+export function pruneSelection(sel: ReadonlySet<string>, items: ContainerSummary[]): Set<string> {
+  const ids = new Set(items.map((c) => c.Id));
+  const next = new Set([...sel].filter((id) => ids.has(id)));
+  return next.size === sel.size ? (sel as Set<string>) : next;
+}
+
+export type BulkAction = 'start' | 'stop' | 'restart' | 'pause' | 'unpause';
+
+export const isUp = (c: ContainerSummary) => c.State === 'running' || c.State === 'paused' || c.State === 'restarting';
+
+/** The containers an action means something for (as the row's own buttons allow it). */
+export function bulkTargets(action: BulkAction | 'delete', cs: ContainerSummary[]): ContainerSummary[] {
+  switch (action) {
+    case 'start':
+      return cs.filter((c) => !isUp(c));
+    case 'stop':
+      return cs.filter(isUp);
+    case 'restart':
+      return cs.filter((c) => c.State !== 'paused');
+    case 'pause':
+      return cs.filter((c) => c.State === 'running');
+    case 'unpause':
+      return cs.filter((c) => c.State === 'paused');
+    case 'delete':
+      return cs;
+  }
+}
+
+/**
+ * What a bulk delete does: without `force` the running (or paused) ones are kept, as `docker
+ * rm` without `-f` would refuse them; with it they are stopped and deleted.
+ */
+export function deletePlan(cs: ContainerSummary[], force: boolean): { remove: ContainerSummary[]; kept: ContainerSummary[] } {
+  if (force) return { remove: cs, kept: [] };
+  return { remove: cs.filter((c) => !isUp(c)), kept: cs.filter(isUp) };
+}
+
+export interface Failure<T> {
+  item: T;
+  error: Error;
+}
+
+/** Runs `f` over `items`, at most `limit` at a time; answers the failures (never rejects). */
+export async function runLimited<T>(items: T[], limit: number, f: (item: T) => Promise<unknown>): Promise<Failure<T>[]> {
+  const failures: Failure<T>[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++];
+      try {
+        await f(item);
+      } catch (e) {
+        failures.push({ item, error: e instanceof Error ? e : new Error(String(e)) });
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  // In the items' order, whatever order they finished in.
+  return failures.sort((a, b) => items.indexOf(a.item) - items.indexOf(b.item));
+}
+
+/** One toast's text for the failures of a bulk action ("stop failed for 2 of 5: a: …; b: …"). */
+export function failureText(verb: string, total: number, failures: { name: string; message: string }[], max = 3): string {
+  const shown = failures.slice(0, max).map((f) => `${f.name}: ${f.message}`);
+  const more = failures.length > max ? `; and ${failures.length - max} more` : '';
+  return `${verb} failed for ${failures.length} of ${total}: ${shown.join('; ')}${more}`;
+}

@@ -142,3 +142,155 @@ export class StatsStore implements Readable<Map<string, Usage>> {
     }
   }
 }
+
+// --- The Stats tab: a streamed `GET /containers/{id}/stats?stream=1`, one sample a second,
+// turned into points (CPU %, memory, network and block I/O rates) over the last minute.
+
+/** The fields of a streamed stats object the Stats tab reads besides `DockerStats`'s. */
+export interface StreamedStats extends DockerStats {
+  read?: string;
+  networks?: Record<string, { rx_bytes?: number; tx_bytes?: number }> | null;
+  blkio_stats?: { io_service_bytes_recursive?: { op?: string; value?: number }[] | null } | null;
+}
+
+/** Cumulative byte counters of one sample. */
+export interface Counters {
+  rx: number;
+  tx: number;
+  read: number;
+  write: number;
+}
+
+export function countersOf(s: StreamedStats): Counters {
+  let rx = 0;
+  let tx = 0;
+  for (const n of Object.values(s.networks ?? {})) {
+    rx += n?.rx_bytes ?? 0;
+    tx += n?.tx_bytes ?? 0;
+  }
+  let read = 0;
+  let write = 0;
+  for (const e of s.blkio_stats?.io_service_bytes_recursive ?? []) {
+    // cgroup v1 says "Read"/"Write", v2 (and berthd) "read"/"write"; "Total" is not summed.
+    const op = (e.op ?? '').toLowerCase();
+    if (op === 'read') read += e.value ?? 0;
+    else if (op === 'write') write += e.value ?? 0;
+  }
+  return { rx, tx, read, write };
+}
+
+/** A sample's time: its `read` (RFC 3339, nanoseconds cut to milliseconds), else `fallback`. */
+export function sampleTime(s: StreamedStats, fallback: number): number {
+  if (!s.read || s.read.startsWith('0001-')) return fallback;
+  const t = Date.parse(s.read.replace(/(\.\d{3})\d+/, '$1'));
+  return Number.isFinite(t) ? t : fallback;
+}
+
+export interface StatsPoint {
+  at: number;
+  cpuPercent: number | null;
+  memory: number | null;
+  memoryLimit: number | null;
+  /** Bytes per second since the sample before; null for the first sample. */
+  rxRate: number | null;
+  txRate: number | null;
+  readRate: number | null;
+  writeRate: number | null;
+}
+
+/** Bytes per second between two counter values; a counter that went back (a reset) is 0. */
+export function rate(cur: number, prev: number, seconds: number): number {
+  if (!(seconds > 0)) return 0;
+  return cur >= prev ? (cur - prev) / seconds : 0;
+}
+
+/** The last `windowMs` of points from a stats stream. */
+export class StatsSeries {
+  points: StatsPoint[] = [];
+  private prev: { at: number; c: Counters } | null = null;
+
+  constructor(readonly windowMs = 60_000) {}
+
+  /** Adds a sample that arrived at `arrived` (ms); answers the point made from it. */
+  push(s: StreamedStats, arrived: number): StatsPoint {
+    const at = sampleTime(s, arrived);
+    const u = usageOf(s, at);
+    const c = countersOf(s);
+    const p = this.prev;
+    const secs = p ? (at - p.at) / 1000 : 0;
+    const has = p !== null && secs > 0;
+    const point: StatsPoint = {
+      at,
+      cpuPercent: u.cpuPercent,
+      memory: u.memory,
+      memoryLimit: u.memoryLimit,
+      rxRate: has ? rate(c.rx, p.c.rx, secs) : null,
+      txRate: has ? rate(c.tx, p.c.tx, secs) : null,
+      readRate: has ? rate(c.read, p.c.read, secs) : null,
+      writeRate: has ? rate(c.write, p.c.write, secs) : null,
+    };
+    this.prev = { at, c };
+    // A sample older than the last (a clock step) starts the window again.
+    const last = this.points[this.points.length - 1];
+    if (last && at < last.at) this.points = [];
+    this.points = [...this.points.filter((x) => at - x.at <= this.windowMs), point];
+    return point;
+  }
+
+  clear(): void {
+    this.points = [];
+    this.prev = null;
+  }
+}
+
+/** A round upper bound for a graph's scale: 1, 2 or 5 × 10ⁿ at or above `v`, at least `floor`. */
+export function niceMax(v: number, floor = 1): number {
+  const x = Math.max(v, floor);
+  if (!(x > 0) || !Number.isFinite(x)) return floor > 0 ? floor : 1;
+  const p = Math.pow(10, Math.floor(Math.log10(x)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= x * (1 - 1e-9)) return m * p;
+  return 10 * p;
+}
+
+export interface GraphBox {
+  width: number;
+  height: number;
+  /** The value at the top edge. */
+  max: number;
+  /** The time at the right edge (the newest point) and how much time the width shows. */
+  end: number;
+  windowMs: number;
+}
+
+/**
+ * An SVG path (`M x y L x y …`) through the points with a value; a null value breaks the line.
+ * Time runs left to right with `end` at the right edge; values are clamped to [0, max].
+ */
+export function graphPath(points: { at: number; v: number | null }[], b: GraphBox): string {
+  const out: string[] = [];
+  let pen = false;
+  for (const p of points) {
+    if (p.v === null || !Number.isFinite(p.v)) {
+      pen = false;
+      continue;
+    }
+    const x = b.width - ((b.end - p.at) / b.windowMs) * b.width;
+    if (x < -1e-6) continue;
+    const v = Math.min(Math.max(p.v, 0), b.max);
+    const y = b.height - (b.max > 0 ? (v / b.max) * b.height : 0);
+    out.push(`${pen ? 'L' : 'M'}${round(x)} ${round(y)}`);
+    pen = true;
+  }
+  return out.join(' ');
+}
+
+function round(n: number): number {
+  return Math.round(n * 100) / 100;
+}
+
+/** One line of a graph: 'a' in the accent colour, 'b' the second (dashed). */
+export interface GraphLine {
+  name: string;
+  tone: 'a' | 'b';
+  points: { at: number; v: number | null }[];
+}
