@@ -6,7 +6,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type Page } from 'playwright-core';
 import { startBridge, type Bridge } from '../bridge/server.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -144,6 +144,27 @@ export async function launchBrowser(): Promise<Browser> {
   // Chromium refuses to run its sandbox as root (CI containers).
   if (process.getuid?.() === 0) args.push('--no-sandbox');
   return chromium.launch({ executablePath, headless: true, args });
+}
+
+/** Collects the page's console errors and uncaught exceptions (and with `http`, 4xx/5xx answers). */
+export function collectErrors(page: Page, into: string[], http = false): void {
+  page.on('console', (m) => {
+    if (m.type() === 'error') into.push(m.text());
+  });
+  page.on('pageerror', (e) => into.push(String(e)));
+  if (http) {
+    page.on('response', (r) => {
+      if (r.status() >= 400) into.push(`HTTP ${r.status()} for ${r.request().method()} ${new URL(r.url()).pathname}`);
+    });
+  }
+}
+
+/** After a failed test: a picture of the page in berthd's directory and berthd's log tail. */
+export async function reportFailure(name: string, page: Page | undefined, berthd: Berthd): Promise<void> {
+  if (!page) return;
+  const file = path.join(berthd.dir, `failed-${name.replace(/\W+/g, '-').slice(0, 60)}.png`);
+  await page.screenshot({ path: file }).catch(() => {});
+  console.error(`screenshot of the failure: ${file}\nberthd log (tail):\n${berthd.tail(25)}`);
 }
 
 export async function bridgeFor(berthd: Berthd): Promise<Bridge> {

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import type { Bridge } from '../bridge/server.mjs';
-import { Berthd, bridgeFor, engineCall, fixtures, freePort, launchBrowser, screenshotDir } from './harness';
+import { Berthd, bridgeFor, collectErrors, reportFailure, engineCall, fixtures, freePort, launchBrowser, screenshotDir } from './harness';
 
 let fx: Record<string, string>;
 let berthd: Berthd;
@@ -38,23 +38,14 @@ beforeAll(async () => {
   browser = await launchBrowser();
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 760 }, colorScheme: 'light', deviceScaleFactor: 1 });
   page = await ctx.newPage();
-  page.on('console', (m) => {
-    if (m.type() === 'error') consoleErrors.push(m.text());
-  });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
-  page.on('response', (r) => {
-    if (r.status() >= 400) consoleErrors.push(`HTTP ${r.status()} for ${r.request().method()} ${new URL(r.url()).pathname}`);
-  });
+  collectErrors(page, consoleErrors, true);
   await page.goto(`${bridge.url}#token=${bridge.token}`);
   await page.getByRole('navigation', { name: 'Main' }).waitFor();
 });
 
 // A failed step leaves a picture of the page and berthd's log tail, for the report.
 afterEach(async (ctx) => {
-  if (ctx.task.result?.state !== 'fail' || !page) return;
-  const file = path.join(berthd.dir, `failed-${ctx.task.name.replace(/\W+/g, '-').slice(0, 60)}.png`);
-  await page.screenshot({ path: file }).catch(() => {});
-  console.error(`screenshot of the failure: ${file}\nberthd log (tail):\n${berthd.tail(25)}`);
+  if (ctx.task.result?.state === 'fail') await reportFailure(ctx.task.name, page, berthd);
 });
 
 afterAll(async () => {
