@@ -217,20 +217,9 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::collecting;
     use std::sync::Arc;
     use tokio::net::{UnixListener, UnixStream};
-
-    fn collecting() -> (Channel<StreamEvent>, Arc<Mutex<Vec<serde_json::Value>>>) {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        let channel = Channel::new(move |body| {
-            if let tauri::ipc::InvokeResponseBody::Json(j) = body {
-                sink.lock().unwrap().push(serde_json::from_str(&j).unwrap());
-            }
-            Ok(())
-        });
-        (channel, got)
-    }
 
     /// Reads a request's head and its body (Content-Length).
     async fn read_request(s: &mut UnixStream) -> String {

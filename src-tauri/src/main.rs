@@ -421,7 +421,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;
 
-    fn collecting() -> (Channel<StreamEvent>, Arc<Mutex<Vec<serde_json::Value>>>) {
+    /// A Channel that keeps what it is sent, as JSON (also used by exec.rs's tests).
+    pub(crate) fn collecting() -> (Channel<StreamEvent>, Arc<Mutex<Vec<serde_json::Value>>>) {
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = got.clone();
         let channel = Channel::new(move |body| {
