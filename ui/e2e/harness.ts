@@ -159,6 +159,19 @@ export function collectErrors(page: Page, into: string[], http = false): void {
   }
 }
 
+/**
+ * A page of the UI served by `bridge`, signed in with its token, once the main navigation
+ * shows; its errors are collected into `errors` (with `http`, 4xx/5xx answers too).
+ */
+export async function openApp(browser: Browser, bridge: Bridge, errors: string[], http = false): Promise<Page> {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 760 }, colorScheme: 'light', deviceScaleFactor: 1 });
+  const page = await ctx.newPage();
+  collectErrors(page, errors, http);
+  await page.goto(`${bridge.url}#token=${bridge.token}`);
+  await page.getByRole('navigation', { name: 'Main' }).waitFor();
+  return page;
+}
+
 /** After a failed test: a picture of the page in berthd's directory and berthd's log tail. */
 export async function reportFailure(name: string, page: Page | undefined, berthd: Berthd): Promise<void> {
   if (!page) return;

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import type { Bridge } from '../bridge/server.mjs';
-import { Berthd, bridgeFor, collectErrors, reportFailure, engineCall, fixtures, launchBrowser, screenshotDir } from './harness';
+import { Berthd, bridgeFor, openApp, reportFailure, engineCall, fixtures, launchBrowser, screenshotDir } from './harness';
 
 let berthd: Berthd;
 let bridge: Bridge;
@@ -59,11 +59,7 @@ beforeAll(async () => {
   expect((await engineCall(berthd.socket, 'POST', `/containers/${noShell}/start`)).status).toBe(204);
   bridge = await bridgeFor(berthd);
   browser = await launchBrowser();
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 760 }, colorScheme: 'light', deviceScaleFactor: 1 });
-  page = await ctx.newPage();
-  collectErrors(page, consoleErrors);
-  await page.goto(`${bridge.url}#token=${bridge.token}`);
-  await page.getByRole('navigation', { name: 'Main' }).waitFor();
+  page = await openApp(browser, bridge, consoleErrors);
 });
 
 afterEach(async (ctx) => {

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import type { Bridge } from '../bridge/server.mjs';
-import { Berthd, bridgeFor, collectErrors, reportFailure, engineCall, fixtures, freePort, launchBrowser, screenshotDir } from './harness';
+import { Berthd, bridgeFor, openApp, reportFailure, engineCall, fixtures, freePort, launchBrowser, screenshotDir } from './harness';
 
 let fx: Record<string, string>;
 let berthd: Berthd;
@@ -36,11 +36,7 @@ beforeAll(async () => {
   await berthd.start();
   bridge = await bridgeFor(berthd);
   browser = await launchBrowser();
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 760 }, colorScheme: 'light', deviceScaleFactor: 1 });
-  page = await ctx.newPage();
-  collectErrors(page, consoleErrors, true);
-  await page.goto(`${bridge.url}#token=${bridge.token}`);
-  await page.getByRole('navigation', { name: 'Main' }).waitFor();
+  page = await openApp(browser, bridge, consoleErrors, true);
 });
 
 // A failed step leaves a picture of the page and berthd's log tail, for the report.
