@@ -724,11 +724,13 @@ fn logs_rotate_at_their_size_and_follow_across_rotations() {
     assert_eq!(d.docker_ok(&["logs", "rot2"]).lines().count(), 400);
 
     // A follower started before the output (the container waits a little first) sees every
-    // line across many rotations.
+    // line across many rotations (~14 lines a file). It could only lose lines by falling more
+    // than three files (~0.4 s) behind the writer, which a follower polling every 20 ms on a
+    // busy machine does not.
     let id = d
         .docker_ok(&[
-            "create", "--log-opt", "max-size=1k", "--log-opt", "max-file=3", &image, "sh", "-c",
-            "sleep 1; i=1; while [ $i -le 300 ]; do echo $i; [ $((i % 20)) = 0 ] && sleep 0.05; i=$((i+1)); done",
+            "create", "--log-opt", "max-size=1k", "--log-opt", "max-file=4", &image, "sh", "-c",
+            "sleep 1; i=1; while [ $i -le 300 ]; do echo $i; [ $((i % 10)) = 0 ] && sleep 0.1; i=$((i+1)); done",
         ])
         .trim()
         .to_string();

@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use berth_proto::LogLimits;
+use nix::fcntl::{Flock, FlockArg};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +78,7 @@ impl LogWriter {
     fn rotate(&mut self) -> io::Result<()> {
         // What was written stays written before its name changes.
         self.file.sync_data()?;
+        let _exclusive = lock_dir(&self.path, FlockArg::LockExclusive);
         let keep = self.limits.max_files.max(1);
         if keep == 1 {
             fs::remove_file(&self.path)?;
@@ -110,16 +112,54 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The log's files that exist, oldest first (the current one last), with their inodes.
+/// Locks the directory holding the log: exclusively while the writer renames its files, shared
+/// while a reader lists them, so a reader never sees a rotation half done (a gap in the
+/// numbers, or a file at two numbers or none). `None` when the directory cannot be opened or
+/// locked; the caller goes on unlocked.
+fn lock_dir(path: &Path, arg: FlockArg) -> Option<Flock<File>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Flock::lock(File::open(dir).ok()?, arg).ok()
+}
+
+/// The log's files that exist, oldest first (the current one last), with their inodes: one
+/// consistent view, taken under the directory's shared lock.
+///
+/// Read from the directory rather than by probing `<log>.1`, `<log>.2`, … so that a rotation
+/// cut short (the writer killed between two renames) leaves no older file unseen.
 fn chain(path: &Path) -> Vec<(PathBuf, u64)> {
-    let mut files = Vec::new();
-    // Rotated files are numbered without gaps from 1.
-    let mut n = 1;
-    while let Ok(m) = fs::metadata(rotated(path, n)) {
-        files.push((rotated(path, n), m.ino()));
-        n += 1;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let _shared = lock_dir(path, FlockArg::LockShared);
+    let mut prefix = name.to_owned();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes();
+    let mut rotated: Vec<(u32, PathBuf, u64)> = Vec::new();
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let n = file
+                .as_encoded_bytes()
+                .strip_prefix(prefix)
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u32>().ok());
+            let (Some(n), Ok(m)) = (n, e.metadata()) else {
+                continue;
+            };
+            rotated.push((n, e.path(), m.ino()));
+        }
     }
-    files.reverse();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut files: Vec<(PathBuf, u64)> = rotated.into_iter().map(|(_, p, i)| (p, i)).collect();
     if let Ok(m) = fs::metadata(path) {
         files.push((path.to_path_buf(), m.ino()));
     }
@@ -216,17 +256,20 @@ impl LogCursor {
             self.file.read_to_end(&mut buf)?;
             let next = match files.iter().position(|(_, ino)| *ino == self.ino) {
                 Some(i) if i + 1 == files.len() => None,
-                Some(i) => Some(files[i + 1].0.clone()),
+                Some(i) => Some(files[i + 1].clone()),
                 // Ours is gone (rotated past the last kept): on with the oldest kept.
-                None => files.first().map(|(p, _)| p.clone()),
+                None => files.first().cloned(),
             };
-            let Some(next) = next else { break };
+            let Some((next, ino)) = next else { break };
             match File::open(&next) {
-                Ok(f) => {
-                    self.ino = f.metadata()?.ino();
+                // The name still holds the file we saw: on with it.
+                Ok(f) if f.metadata()?.ino() == ino => {
+                    self.ino = ino;
                     self.file = f;
                 }
-                // Rotated again meanwhile: look again.
+                // Rotated again since we looked (the name is gone or now holds a newer file,
+                // and opening it would skip the one we saw): look again.
+                Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
@@ -386,6 +429,44 @@ mod tests {
         );
         assert!(followed.windows(2).all(|w| w[0] < w[1]), "{followed:?}");
         assert_eq!(followed.last().unwrap(), "line 19\n");
+    }
+
+    #[test]
+    fn a_follower_racing_the_writer_misses_nothing_that_is_kept() {
+        // Enough files that nothing is rotated past the last kept: every line must be read,
+        // however the follower's looks interleave with the writer's renames.
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("race.log");
+        let len = entry_len(t.path());
+        let total = 4000;
+        let limits = LogLimits {
+            max_size: len * 20,
+            max_files: total / 20 + 10,
+        };
+        File::create(&p).unwrap();
+        let mut follower = LogCursor::open_at_end(&p).unwrap();
+        let writer = std::thread::spawn({
+            let p = p.clone();
+            move || {
+                let mut w = LogWriter::open(&p, limits).unwrap();
+                for i in 0..total {
+                    w.write_entry("stdout", format!("{i}\n").as_bytes())
+                        .unwrap();
+                }
+            }
+        });
+        let mut followed = Vec::new();
+        loop {
+            let done = writer.is_finished();
+            followed.extend(follower.read_new().unwrap().into_iter().map(|f| f.log));
+            if done {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        let expected: Vec<String> = (0..total).map(|i| format!("{i}\n")).collect();
+        assert_eq!(followed.len(), expected.len());
+        assert!(followed == expected, "lines missed or out of order");
     }
 
     #[test]
