@@ -924,7 +924,11 @@ impl ContainerService {
         self.detach_network(&rec.id);
         rootfs::unmount(&bundle.join("rootfs"))
             .map_err(io_err(format!("unmounting the rootfs of {}", rec.id)))?;
-        let _ = self.runtime(&rec.runtime).delete(&rec.id, true);
+        // A shim that has just saved its exit deletes the runtime's state itself, after that:
+        // `--rm` does not wait for it. Otherwise (a shim that died) it is done here.
+        if !shim::runtime_state_pending(&bundle) {
+            let _ = self.runtime(&rec.runtime).delete(&rec.id, true);
+        }
         let last = self.view(&rec.id).state;
         match fs::remove_dir_all(&bundle) {
             Ok(()) => {}

@@ -257,8 +257,17 @@ impl Runtime {
             })
     }
 
+    /// Whether the runtime keeps state for `id` (crun and runc both keep it in `<root>/<id>`).
+    pub fn has_state(&self, id: &str) -> bool {
+        self.root.join(id).exists()
+    }
+
     /// Deletes the runtime's state (and cgroup) of the container; with `force`, kills it first.
+    /// Without state there is nothing to delete, and no runtime is run.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        if !self.has_state(id) {
+            return Ok(());
+        }
         let mut args = vec!["delete"];
         if force {
             args.push("--force");

@@ -7,8 +7,13 @@
 //! 2. tells the core on its stdout: one JSON [`Ready`] line (started with a pid, or failed with
 //!    Docker's exit code and the runtime's message);
 //! 3. copies the container's output into `<id>-json.log` (Docker's json-file format);
-//! 4. reaps the container's init, records the exit code, deletes the runtime's state and
-//!    unmounts the rootfs, and writes the final [`RunState`] last.
+//! 4. reaps the container's init, records the exit code, unmounts the rootfs, writes the final
+//!    [`RunState`], and only then deletes the runtime's state (with crun or runc on cgroup v1
+//!    that is ~20 ms of cgroup removal nobody waiting for the exit needs to wait for).
+//!
+//! A shim holds `runtime.lock` in the bundle (an exclusive `flock`) from before `create` until
+//! the runtime's state is deleted, so the next run's shim waits for the last one's delete before
+//! its own `create` of the same id, and a removal knows the delete is still to come.
 //!
 //! `state.json` (written atomically, only by the shim) is how the core knows a run's state,
 //! including after the core restarted.
@@ -25,6 +30,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::LogLimits;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::logs::{now_rfc3339, LineSplitter, LogWriter};
@@ -35,6 +41,8 @@ use super::stdio::{self, pipe};
 pub const STATE_FILE: &str = "state.json";
 pub const ROOTFS_FILE: &str = "rootfs.json";
 const RUNTIME_LOG: &str = "runtime.log";
+/// Held by the shim while the runtime has state for its run (see the module's docs).
+const RUNTIME_LOCK: &str = "runtime.lock";
 const PID_FILE: &str = "init.pid";
 /// Where the runtime sends the container's terminal (`-t`), in the bundle.
 const CONSOLE_SOCKET: &str = "console.sock";
@@ -312,6 +320,20 @@ impl Supervisor {
             self.args.bundle = abs;
         }
         std::env::set_current_dir(&self.args.bundle).map_err(io_err("changing into the bundle"))?;
+        // Waits for the previous run's shim to finish deleting the runtime's state. Opened
+        // close-on-exec: neither the runtime nor the container inherits it.
+        let _runtime_lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(RUNTIME_LOCK)
+            .map_err(io_err("opening the runtime lock"))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| ShimError::Io {
+                    context: "locking the runtime lock",
+                    source: e.into(),
+                })
+            })?;
         self.save()?;
         let id = self.args.id.clone();
         // Where a start spends its time (BERTH_LOG=debug; the log is shim.log in the bundle).
@@ -509,10 +531,6 @@ impl Supervisor {
         }
         let _ = fs::remove_file(stdio::SOCKET);
         tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: output copied");
-        if !matches!(reaper.run(self.runtime.delete_command(&id, false)), Ok(0)) {
-            let _ = reaper.run(self.runtime.delete_command(&id, true));
-        }
-        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: runtime state deleted");
         if let Err(e) = rootfs.unmount() {
             tracing::warn!("container {id}: unmounting the rootfs: {e}");
         }
@@ -533,8 +551,28 @@ impl Supervisor {
         self.state.finished_at = Some(now_rfc3339());
         let saved = self.save();
         tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: state saved");
+        // Every process of the container is gone (its pid namespace died with its init): what
+        // is left is the runtime's record and the cgroup, deleted under the lock, which a next
+        // start of this container waits for. The bundle may be gone already (`--rm`): the
+        // runtime keeps what it needs in its own state directory.
+        if !matches!(reaper.run(self.runtime.delete_command(&id, false)), Ok(0)) {
+            let _ = reaper.run(self.runtime.delete_command(&id, true));
+        }
+        tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: runtime state deleted");
         saved
     }
+}
+
+/// Whether a shim of this bundle still holds the runtime lock: it has yet to delete the
+/// runtime's state of its run (and will), so a removal leaves that to it.
+pub fn runtime_state_pending(bundle: &Path) -> bool {
+    let Ok(f) = File::open(bundle.join(RUNTIME_LOCK)) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(f, FlockArg::LockExclusiveNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
 }
 
 /// Copies a terminal's output into the log as it comes (a prompt has no newline): one entry per
@@ -605,6 +643,22 @@ mod tests {
         s.write(t.path()).unwrap();
         assert_eq!(RunState::read(t.path()).unwrap(), Some(s));
         assert!(!t.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_removal_leaves_the_runtime_delete_to_a_shim_holding_the_lock() {
+        let t = tempfile::tempdir().unwrap();
+        // No shim ever ran here (or an old layout): nothing pending.
+        assert!(!runtime_state_pending(t.path()));
+        let f = File::create(t.path().join(RUNTIME_LOCK)).unwrap();
+        assert!(!runtime_state_pending(t.path()), "a lock nobody holds");
+        let held = Flock::lock(f, FlockArg::LockExclusive).unwrap();
+        assert!(runtime_state_pending(t.path()), "a shim still to delete");
+        drop(held);
+        assert!(
+            !runtime_state_pending(t.path()),
+            "the shim is done (or died)"
+        );
     }
 
     #[test]
