@@ -621,6 +621,38 @@ fn the_default_seccomp_profile_refuses_new_namespaces() {
     assert!(err.contains("Permission denied"), "{err}");
     let out = d.docker_ok(&["run", "--rm", "--security-opt", &opt, &bb, "sh", "-c", mode]);
     assert!(out.contains("Seccomp:\t2"), "{out}");
+    // crun compiled each profile once; later containers get the kept program (crun's
+    // `run.oci.seccomp_bpf_data`, docs/containers.md) and it refuses the same calls.
+    let err = docker_err(
+        &d,
+        &["run", "--rm", "--security-opt", &opt, &bb, "mkdir", "/x"],
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    if harness::test_backend() == "direct"
+        && d.docker_ok(&["info", "-f", "{{.DefaultRuntime}}"]).trim() == "crun"
+    {
+        let kept = |extra: &[&str]| {
+            let mut args = vec!["create"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&[&bb, "true"]);
+            let id = d.docker_ok(&args).trim().to_string();
+            let config = d
+                .data_root
+                .join("core/containers")
+                .join(&id)
+                .join("config.json");
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(config).unwrap()).unwrap();
+            d.docker_ok(&["rm", &id]);
+            v["annotations"]["run.oci.seccomp_bpf_data"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let default = kept(&[]).expect("the default profile's program is kept");
+        let custom = kept(&["--security-opt", &opt]).expect("the custom profile's too");
+        assert_ne!(default, custom);
+        assert_eq!(kept(&["--security-opt", "seccomp=unconfined"]), None);
+    }
 
     std::fs::write(&profile, r#"{"syscalls": []}"#).unwrap();
     let before = d.docker_ok(&["ps", "-aq"]);

@@ -31,6 +31,7 @@ pub mod restart;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod seccomp_cache;
 pub mod shim;
 pub mod spec;
 pub mod stdio;
@@ -387,7 +388,7 @@ impl ContainerService {
             mounts,
         };
         let bundle = self.bundle(&id);
-        let (oci, spec_warnings) = spec::build(&spec::SpecInput {
+        let (mut oci, spec_warnings) = spec::build(&spec::SpecInput {
             record: &record,
             user: &user,
             bundle: &bundle,
@@ -396,6 +397,7 @@ impl ContainerService {
             swap_limit,
         })?;
         warnings.extend(spec_warnings);
+        let seccomp_capture = self.use_kept_seccomp(&record, &mut oci);
 
         // The bundle first, the record last: a create that fails half-way (a full disk) leaves
         // only a directory to delete, which frees space rather than needing it as a database
@@ -406,7 +408,9 @@ impl ContainerService {
         let mut made_volumes = Vec::new();
         let written = self
             .create_volumes(&record.mounts, &mut made_volumes)
-            .and_then(|()| self.write_bundle(&record, &bundle, &lowers, &oci))
+            .and_then(|()| {
+                self.write_bundle(&record, &bundle, &lowers, &oci, seccomp_capture.as_deref())
+            })
             .and_then(|()| {
                 self.store.insert(&record).map_err(|e| match e {
                     StoreError::NameInUse { name, id } => ContainerError::NameInUse { name, id },
@@ -457,12 +461,35 @@ impl ContainerService {
         ))
     }
 
+    /// crun with a seccomp filter: the program compiled for an earlier container with the same
+    /// profile goes into the spec (`seccomp_cache.rs`); without one, the path the shim is to
+    /// keep this create's compilation at.
+    fn use_kept_seccomp(
+        &self,
+        rec: &ContainerRecord,
+        oci: &mut oci_spec::runtime::Spec,
+    ) -> Option<PathBuf> {
+        if rec.runtime != "crun" {
+            return None;
+        }
+        let profile = oci.linux().as_ref()?.seccomp().as_ref()?;
+        let entry = seccomp_cache::SeccompCache::new(&self.data_root).entry(profile);
+        let Some(program) = seccomp_cache::SeccompCache::annotation(&entry) else {
+            return Some(entry);
+        };
+        let mut annotations = oci.annotations().clone().unwrap_or_default();
+        annotations.insert(seccomp_cache::ANNOTATION.into(), program);
+        oci.set_annotations(Some(annotations));
+        None
+    }
+
     fn write_bundle(
         &self,
         rec: &ContainerRecord,
         bundle: &Path,
         lowers: &[PathBuf],
         oci: &oci_spec::runtime::Spec,
+        seccomp_capture: Option<&Path>,
     ) -> Result<()> {
         let ctx = |what: &str| format!("writing {what} of container {}", rec.id);
         for d in ["upper", "work", "rootfs"] {
@@ -491,6 +518,13 @@ impl ContainerService {
         .map_err(io_err(ctx(shim::ROOTFS_FILE)))?;
         oci.save(bundle.join("config.json"))
             .map_err(|e| ContainerError::Internal(format!("{}: {e}", ctx("config.json"))))?;
+        if let Some(entry) = seccomp_capture {
+            fs::write(
+                bundle.join(seccomp_cache::CAPTURE_FILE),
+                entry.as_os_str().as_encoded_bytes(),
+            )
+            .map_err(io_err(ctx(seccomp_cache::CAPTURE_FILE)))?;
+        }
         fs::OpenOptions::new()
             .create(true)
             .append(true)

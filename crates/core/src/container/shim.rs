@@ -453,6 +453,8 @@ impl Supervisor {
                 }
             }
         }
+        // The filter crun compiled, kept for the next containers with the same profile.
+        super::seccomp_cache::capture(self.bundle(), &self.runtime.root, &id);
         drop(console);
         let _ = fs::remove_file(CONSOLE_SOCKET);
         let pid = match fs::read_to_string(&pid_file)
