@@ -70,6 +70,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (a full disk) is skipped rather than reported with
+        // eprintln!, which would panic on the same stderr.
+        .log_internal_errors(false)
         .init();
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let mut args =

@@ -42,6 +42,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log that cannot be written (the shim's shim.log on a full data disk) is skipped:
+        // the default reports it with eprintln!, which panics on the same full disk and
+        // would take a container's exit code with it.
+        .log_internal_errors(false)
         .init();
     // The per-container supervisor: the core runs this binary as `berth-core shim …`.
     if std::env::args_os().nth(1).is_some_and(|a| a == "shim") {

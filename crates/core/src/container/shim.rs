@@ -43,6 +43,10 @@ pub const ROOTFS_FILE: &str = "rootfs.json";
 const RUNTIME_LOG: &str = "runtime.log";
 /// Held by the shim while the runtime has state for its run (see the module's docs).
 const RUNTIME_LOCK: &str = "runtime.lock";
+/// Room set aside at start for writing the exit: a container that fills the disk (its writable
+/// layer is on the same one) must not cost its exit code. Freed if the final save needs it.
+const EXIT_RESERVE: &str = "exit.reserve";
+const EXIT_RESERVE_BYTES: usize = 16 * 1024;
 const PID_FILE: &str = "init.pid";
 /// Where the runtime sends the container's terminal (`-t`), in the bundle.
 const CONSOLE_SOCKET: &str = "console.sock";
@@ -335,6 +339,8 @@ impl Supervisor {
                 })
             })?;
         self.save()?;
+        // Written, not sized: the blocks must really be taken now.
+        let _ = fs::write(EXIT_RESERVE, [0u8; EXIT_RESERVE_BYTES]);
         let id = self.args.id.clone();
         // Where a start spends its time (BERTH_LOG=debug; the log is shim.log in the bundle).
         let began = std::time::Instant::now();
@@ -551,7 +557,11 @@ impl Supervisor {
         self.state.pid = None;
         self.state.exit_code = Some(code);
         self.state.finished_at = Some(now_rfc3339());
-        let saved = self.save();
+        let mut saved = self.save();
+        if saved.is_err() && fs::remove_file(EXIT_RESERVE).is_ok() {
+            saved = self.save();
+        }
+        let _ = fs::remove_file(EXIT_RESERVE);
         tracing::debug!(container = %id, took = ?exited.elapsed(), "exit: state saved");
         // Every process of the container is gone (its pid namespace died with its init): what
         // is left is the runtime's record and the cgroup, deleted under the lock, which a next
