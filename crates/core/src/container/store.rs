@@ -70,12 +70,19 @@ pub struct ContainerStore {
 impl ContainerStore {
     pub fn open(path: &Path) -> Result<ContainerStore, StoreError> {
         let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(CONTAINERS)?;
-            txn.open_table(NAMES)?;
+        // A write (and its fsync) only the first time (see `MetaStore::open`).
+        let made = {
+            let txn = db.begin_read()?;
+            txn.open_table(CONTAINERS).is_ok() && txn.open_table(NAMES).is_ok()
+        };
+        if !made {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(CONTAINERS)?;
+                txn.open_table(NAMES)?;
+            }
+            txn.commit()?;
         }
-        txn.commit()?;
         Ok(ContainerStore { db })
     }
 
