@@ -127,12 +127,19 @@ impl Runtime {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.name);
-        c.arg("--root").arg(&self.root);
-        c.stdin(Stdio::null());
+        let mut c = self.command_without_cgroups();
         if self.name == "crun" && hides_unified() {
             hide_unified_before_exec(&mut c);
         }
+        c
+    }
+
+    /// For operations that never look at cgroups (`start` only writes to the container's
+    /// exec fifo): no mount namespace to make, ~5 ms of every start on a hybrid host.
+    fn command_without_cgroups(&self) -> Command {
+        let mut c = Command::new(&self.name);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null());
         c
     }
 
@@ -204,8 +211,16 @@ impl Runtime {
     }
 
     fn run(&self, op: &'static str, args: &[&str]) -> Result<String, RuntimeError> {
-        let out = self
-            .command()
+        self.run_command(self.command(), op, args)
+    }
+
+    fn run_command(
+        &self,
+        mut command: Command,
+        op: &'static str,
+        args: &[&str],
+    ) -> Result<String, RuntimeError> {
+        let out = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,7 +242,8 @@ impl Runtime {
     }
 
     pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run("start", &["start", id]).map(drop)
+        self.run_command(self.command_without_cgroups(), "start", &["start", id])
+            .map(drop)
     }
 
     pub fn kill(&self, id: &str, signal: i32) -> Result<(), RuntimeError> {
