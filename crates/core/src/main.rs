@@ -258,21 +258,26 @@ async fn run_vsock(
     timing.step("store");
     tracing::info!("berth-core listening on vsock port {port}");
     if let Some(ready) = args.ready_port {
-        // Not fatal: a host that does not listen simply dials until the core answers.
-        let announced = announce_ready(ready).await;
-        timing.step("announce");
-        match announced {
-            // The guest's uptime, for `scripts/bench boot`'s split of the boot time, and the
-            // core's own start step by step.
-            Ok(()) => tracing::info!(
-                "berth-core ready (guest uptime {}; {})",
-                uptime().map_or_else(|| "?".into(), |u| format!("{u:.2}")),
-                timing.summary()
-            ),
-            Err(e) => tracing::warn!(
-                "could not tell the host on vsock port {ready} that the core is up: {e}"
-            ),
-        }
+        // Beside the accept loop, not before it: after a warm restart nobody listens on the
+        // host's port any more and the connect only fails after the transport's timeout (~2 s
+        // with vhost-device-vsock), while berthd is already dialling the core. Not fatal
+        // either way: a host that does not listen simply dials until the core answers.
+        tokio::spawn(async move {
+            let announced = announce_ready(ready).await;
+            timing.step("announce");
+            match announced {
+                // The guest's uptime, for `scripts/bench boot`'s split of the boot time, and the
+                // core's own start step by step.
+                Ok(()) => tracing::info!(
+                    "berth-core ready (guest uptime {}; {})",
+                    uptime().map_or_else(|| "?".into(), |u| format!("{u:.2}")),
+                    timing.summary()
+                ),
+                Err(e) => tracing::debug!(
+                    "could not tell the host on vsock port {ready} that the core is up: {e}"
+                ),
+            }
+        });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
