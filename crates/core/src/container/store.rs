@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::meta::ReopeningDb;
 use serde::{Deserialize, Serialize};
 
 use berth_proto::ContainerSpec;
@@ -23,6 +25,9 @@ pub enum StoreError {
     /// a stored record could not be decoded
     #[error("container record {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    /// an earlier I/O error (a full disk) poisoned the database until it is opened again
+    #[error("container store: an earlier I/O error; the store is being opened again")]
+    Poisoned,
     /// the name belongs to another container
     #[error("the name {name:?} is in use by container {id}")]
     NameInUse { name: String, id: String },
@@ -64,136 +69,137 @@ pub struct ContainerRecord {
 }
 
 pub struct ContainerStore {
-    db: Database,
+    db: ReopeningDb,
 }
 
 impl ContainerStore {
     pub fn open(path: &Path) -> Result<ContainerStore, StoreError> {
-        let db = Database::create(path)?;
-        // A write (and its fsync) only the first time (see `MetaStore::open`).
-        let made = {
-            let txn = db.begin_read()?;
-            txn.open_table(CONTAINERS).is_ok() && txn.open_table(NAMES).is_ok()
-        };
-        if !made {
-            let txn = db.begin_write()?;
-            {
-                txn.open_table(CONTAINERS)?;
-                txn.open_table(NAMES)?;
-            }
-            txn.commit()?;
-        }
+        let db = ReopeningDb::open::<_, _, StoreError>(path, &[CONTAINERS, NAMES])?;
         Ok(ContainerStore { db })
     }
 
     /// Stores a new record and claims its name, or fails with [`StoreError::NameInUse`].
     pub fn insert(&self, rec: &ContainerRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut names = txn.open_table(NAMES)?;
-            let holder = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
-            if let Some(id) = holder {
-                return Err(StoreError::NameInUse {
-                    name: rec.name.clone(),
-                    id,
-                });
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut names = txn.open_table(NAMES)?;
+                let holder = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
+                if let Some(id) = holder {
+                    return Err(StoreError::NameInUse {
+                        name: rec.name.clone(),
+                        id,
+                    });
+                }
+                names.insert(rec.name.as_str(), rec.id.as_str())?;
+                txn.open_table(CONTAINERS)?
+                    .insert(rec.id.as_str(), encode(rec).as_str())?;
             }
-            names.insert(rec.name.as_str(), rec.id.as_str())?;
-            txn.open_table(CONTAINERS)?
-                .insert(rec.id.as_str(), encode(rec).as_str())?;
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(CONTAINERS)?;
-        let v = t.get(id)?;
-        v.map(|v| decode(id, v.value())).transpose()
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(CONTAINERS)?;
+            let v = t.get(id)?;
+            v.map(|v| decode(id, v.value())).transpose()
+        })
     }
 
     pub fn id_by_name(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(NAMES)?;
-        let v = t.get(name)?;
-        Ok(v.map(|v| v.value().to_string()))
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(NAMES)?;
+            let v = t.get(name)?;
+            Ok(v.map(|v| v.value().to_string()))
+        })
     }
 
     pub fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(CONTAINERS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            out.push(item?.0.value().to_string());
-        }
-        Ok(out)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(CONTAINERS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                out.push(item?.0.value().to_string());
+            }
+            Ok(out)
+        })
     }
 
     pub fn all(&self) -> Result<Vec<ContainerRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(CONTAINERS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push(decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(CONTAINERS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push(decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Gives a container a new name in one transaction: the new name is claimed (or
     /// [`StoreError::NameInUse`]), the old one freed, the record updated.
     pub fn rename(&self, id: &str, new_name: &str) -> Result<ContainerRecord, StoreError> {
-        let txn = self.db.begin_write()?;
-        let rec = {
-            let mut t = txn.open_table(CONTAINERS)?;
-            let old = t.get(id)?.map(|v| v.value().to_string());
-            let Some(old) = old else {
-                return Err(StoreError::Corrupt {
-                    key: id.to_string(),
-                    message: "the record is gone".into(),
-                });
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            let rec = {
+                let mut t = txn.open_table(CONTAINERS)?;
+                let old = t.get(id)?.map(|v| v.value().to_string());
+                let Some(old) = old else {
+                    return Err(StoreError::Corrupt {
+                        key: id.to_string(),
+                        message: "the record is gone".into(),
+                    });
+                };
+                let mut rec: ContainerRecord = decode(id, &old)?;
+                let mut names = txn.open_table(NAMES)?;
+                let holder = names.get(new_name)?.map(|v| v.value().to_string());
+                if let Some(holder) = holder {
+                    return Err(StoreError::NameInUse {
+                        name: new_name.to_string(),
+                        id: holder,
+                    });
+                }
+                let held = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
+                if held.as_deref() == Some(id) {
+                    names.remove(rec.name.as_str())?;
+                }
+                names.insert(new_name, id)?;
+                rec.name = new_name.to_string();
+                rec.spec.name = Some(new_name.to_string());
+                t.insert(id, encode(&rec).as_str())?;
+                rec
             };
-            let mut rec: ContainerRecord = decode(id, &old)?;
-            let mut names = txn.open_table(NAMES)?;
-            let holder = names.get(new_name)?.map(|v| v.value().to_string());
-            if let Some(holder) = holder {
-                return Err(StoreError::NameInUse {
-                    name: new_name.to_string(),
-                    id: holder,
-                });
-            }
-            let held = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
-            if held.as_deref() == Some(id) {
-                names.remove(rec.name.as_str())?;
-            }
-            names.insert(new_name, id)?;
-            rec.name = new_name.to_string();
-            rec.spec.name = Some(new_name.to_string());
-            t.insert(id, encode(&rec).as_str())?;
-            rec
-        };
-        txn.commit()?;
-        Ok(rec)
+            txn.commit()?;
+            Ok(rec)
+        })
     }
 
     /// Deletes the record and frees its name; a missing record is not an error.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(CONTAINERS)?;
-            let old = t.remove(id)?.map(|v| v.value().to_string());
-            if let Some(old) = old {
-                let rec: ContainerRecord = decode(id, &old)?;
-                let mut names = txn.open_table(NAMES)?;
-                let holder = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
-                if holder.as_deref() == Some(id) {
-                    names.remove(rec.name.as_str())?;
+        self.db.with(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut t = txn.open_table(CONTAINERS)?;
+                let old = t.remove(id)?.map(|v| v.value().to_string());
+                if let Some(old) = old {
+                    let rec: ContainerRecord = decode(id, &old)?;
+                    let mut names = txn.open_table(NAMES)?;
+                    let holder = names.get(rec.name.as_str())?.map(|v| v.value().to_string());
+                    if holder.as_deref() == Some(id) {
+                        names.remove(rec.name.as_str())?;
+                    }
                 }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 }
 
