@@ -13,7 +13,12 @@
 //! containers/<id>/state.json      the last run, written by its shim only
 //! containers/<id>/<id>-json.log   stdout/stderr in Docker's json-file format
 //! containers/<id>/shim.log        the supervisor's own diagnostics
+//! containers/<id>/runtime.lock    flock'ed by the shim from before `create` until the runtime's
+//!                                 delete (after the exit is saved; see shim.rs)
+//! containers/<id>/exit.reserve    16 KiB the shim frees if its final state.json does not fit
+//! containers/<id>/seccomp-capture where the shim is to keep crun's compiled filter
 //! runtime/<runtime>/              the OCI runtime's --root
+//! runtime/crun-seccomp/<key>.bpf  crun's compiled seccomp filters, by profile (seccomp_cache.rs)
 //! ```
 
 pub mod cgroup;
